@@ -1,0 +1,83 @@
+"""sdviz's networks give the reference implementations' numbers on identical weights, at the full SD 1.5 size.
+
+Random weights with a fixed seed (1-D parameters perturbed, so that a swapped norm would show), CPU, float32. Each
+comparison runs twice: sdviz loads the weights from a diffusers folder, and from the same weights rewritten into the
+CompVis single-file layout by `tests/reference.py`.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from reference import diffusers_unet, diffusers_vae, hf_clip, perturb_, to_compvis
+from safetensors.torch import save_file
+
+from sdviz.config import SD15
+from sdviz.weights import load_models
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def sd15_sources(tmp_path_factory):
+    """The same random SD 1.5 weights as a diffusers folder and as a CompVis single file, plus reference outputs."""
+    root = tmp_path_factory.mktemp("sd15")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 49408, (2, 77))
+    image = torch.randn(1, 3, 64, 48)
+    z = torch.randn(1, 4, 8, 6)
+    latents = {"2x4x16x16": torch.randn(2, 4, 16, 16), "1x4x16x24": torch.randn(1, 4, 16, 24)}
+    t = torch.tensor([981, 20])
+    expected = {}
+    with torch.no_grad():
+        clip = perturb_(hf_clip(SD15), 1).eval()
+        expected["clip"] = clip(ids).last_hidden_state
+        context = torch.randn(2, 77, 768)
+        vae = perturb_(diffusers_vae(SD15), 2).eval()
+        dist = vae.encode(image).latent_dist
+        expected["mean"], expected["logvar"] = dist.mean, dist.logvar
+        expected["decoded"] = vae.decode(z).sample
+        unet = perturb_(diffusers_unet(SD15), 3).eval()
+        for name, x in latents.items():
+            expected[name] = unet(x, t[: len(x)], context[: len(x)]).sample
+    clip.save_pretrained(root / "diffusers" / "text_encoder")
+    vae.save_pretrained(root / "diffusers" / "vae")
+    unet.save_pretrained(root / "diffusers" / "unet")
+    save_file(to_compvis(unet.state_dict(), vae.state_dict(), clip.state_dict(), SD15), root / "sd15.safetensors")
+    del clip, vae, unet
+    gc.collect()
+    inputs = {"ids": ids, "image": image, "z": z, "latents": latents, "t": t, "context": context}
+    return {"diffusers": root / "diffusers", "compvis": root / "sd15.safetensors"}, inputs, expected
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "compvis"])
+def test_sd15_parity(sd15_sources, layout):
+    paths, x, expected = sd15_sources
+    models = load_models(paths[layout], config=SD15 if layout == "compvis" else None)
+    assert models.config.unet == SD15.unet and models.config.vae == SD15.vae and models.config.clip == SD15.clip
+    with torch.no_grad():
+        hidden = models.text_encoder(x["ids"])
+        assert hidden.shape == (2, 77, 768)
+        assert (hidden - expected["clip"]).abs().max().item() <= 1e-4
+
+        mean, logvar = models.vae.encode(x["image"])
+        assert rel_err(mean, expected["mean"]) <= 1e-4
+        assert rel_err(logvar, expected["logvar"]) <= 1e-4
+        decoded = models.vae.decode(x["z"])
+        assert decoded.shape == (1, 3, 64, 48)
+        assert rel_err(decoded, expected["decoded"]) <= 1e-4
+
+        for name, latents in x["latents"].items():
+            n = len(latents)
+            eps = models.unet(latents, x["t"][:n], x["context"][:n])
+            assert eps.shape == latents.shape
+            assert rel_err(eps, expected[name]) <= 1e-4, name
+    del models
+    gc.collect()

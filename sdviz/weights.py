@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,17 +73,24 @@ def read_state_dict(path: str | Path) -> StateDict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise WeightsError(
-            f"{path}: this checkpoint needs code to unpickle ({_first_line(e)}); sdviz refuses to run code from a "
-            "weights file. Convert it to .safetensors with a tool you trust, or use a pruned/emaonly file."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        if "Weights only load failed" in str(e):
+            raise WeightsError(
+                f"{path}: this checkpoint needs code to unpickle ({_unsupported_global(e)}); sdviz refuses to run code "
+                "from a weights file. Convert it to .safetensors with a tool you trust, or use a pruned/emaonly file."
+            ) from None
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+    except Exception as e:  # torch raises many kinds (RuntimeError, EOFError, IndexError...) on a broken file
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint, or truncated ({_first_line(e)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # Lightning / LDM checkpoints wrap the weights
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: does not hold a state dict of tensors")
     return obj
+
+
+def _unsupported_global(e: BaseException) -> str:
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    return f"it references {found[1]}" if found else "it is not plain tensors"
 
 
 def _first_line(e: BaseException) -> str:

@@ -142,9 +142,15 @@ def _vae_to_compvis(sd: dict[str, Tensor], cfg: SDConfig) -> dict[str, Tensor]:
         k = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2.", k)
         k = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", k)
         k = re.sub(
-            r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}.", k
+            r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
+            lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}.",
+            k,
         )
-        k = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.", k)
+        k = re.sub(
+            r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+            lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.",
+            k,
+        )
         k = re.sub(r"\.mid_block\.resnets\.0\.", ".mid.block_1.", k)
         k = re.sub(r"\.mid_block\.resnets\.1\.", ".mid.block_2.", k)
         k = k.replace(".conv_shortcut.", ".nin_shortcut.").replace(".conv_norm_out.", ".norm_out.")

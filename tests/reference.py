@@ -176,3 +176,25 @@ def to_compvis(unet_sd, vae_sd, clip_sd, cfg: SDConfig, extras: bool = True) -> 
         sd["alphas_cumprod"] = torch.cumprod(1 - betas, 0).float()
         sd["model_ema.decay"] = torch.tensor(0.9999)
     return {k: v.contiguous() for k, v in sd.items()}
+
+
+def hf_tokenizer():
+    """transformers' CLIPTokenizer over sdviz's shipped vocabulary file, built offline.
+
+    The vocabulary is derived the way OpenAI CLIP derives it from the .gz (byte symbols, the same with "</w>", the
+    merges, the two special tokens). In transformers 5.x `CLIPTokenizer(vocab_file=..., merges_file=...)` silently
+    builds a 2-token vocabulary, so the vocabulary and merges are passed as objects.
+    """
+    import gzip
+
+    import transformers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from sdviz.tokenizer import vocab_file
+
+    lines = gzip.open(vocab_file()).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    byte_symbols = list(bytes_to_unicode().values())
+    vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return transformers.CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=77)

@@ -11,8 +11,6 @@ import gc
 
 import pytest
 import torch
-from reference import diffusers_unet, diffusers_vae, hf_clip, perturb_, to_compvis
-from safetensors.torch import save_file
 
 from sdviz.config import SD15
 from sdviz.weights import load_models
@@ -26,35 +24,33 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def sd15_sources(tmp_path_factory):
-    """The same random SD 1.5 weights as a diffusers folder and as a CompVis single file, plus reference outputs."""
-    root = tmp_path_factory.mktemp("sd15")
+def sd15_sources(sd15_weights):
+    """Reference outputs of the diffusers/transformers models on fixed inputs, and the two files sdviz loads."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = sd15_weights["diffusers"]
     torch.manual_seed(0)
     ids = torch.randint(0, 49408, (2, 77))
     image = torch.randn(1, 3, 64, 48)
     z = torch.randn(1, 4, 8, 6)
     latents = {"2x4x16x16": torch.randn(2, 4, 16, 16), "1x4x16x24": torch.randn(1, 4, 16, 24)}
     t = torch.tensor([981, 20])
+    context = torch.randn(2, 77, 768)
     expected = {}
     with torch.no_grad():
-        clip = perturb_(hf_clip(SD15), 1).eval()
-        expected["clip"] = clip(ids).last_hidden_state
-        context = torch.randn(2, 77, 768)
-        vae = perturb_(diffusers_vae(SD15), 2).eval()
+        expected["clip"] = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()(ids).last_hidden_state
+        vae = AutoencoderKL.from_pretrained(folder / "vae").eval()
         dist = vae.encode(image).latent_dist
         expected["mean"], expected["logvar"] = dist.mean, dist.logvar
         expected["decoded"] = vae.decode(z).sample
-        unet = perturb_(diffusers_unet(SD15), 3).eval()
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet").eval()
         for name, x in latents.items():
             expected[name] = unet(x, t[: len(x)], context[: len(x)]).sample
-    clip.save_pretrained(root / "diffusers" / "text_encoder")
-    vae.save_pretrained(root / "diffusers" / "vae")
-    unet.save_pretrained(root / "diffusers" / "unet")
-    save_file(to_compvis(unet.state_dict(), vae.state_dict(), clip.state_dict(), SD15), root / "sd15.safetensors")
-    del clip, vae, unet
+    del vae, unet
     gc.collect()
     inputs = {"ids": ids, "image": image, "z": z, "latents": latents, "t": t, "context": context}
-    return {"diffusers": root / "diffusers", "compvis": root / "sd15.safetensors"}, inputs, expected
+    return sd15_weights, inputs, expected
 
 
 @pytest.mark.parametrize("layout", ["diffusers", "compvis"])

@@ -23,6 +23,7 @@ Every method leaves its input tensors untouched and computes in float32; results
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -84,7 +85,7 @@ class Sampler:
         t: int,
         latents: Tensor,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """One denoising step: from x_t and the predicted noise eps, the latents at the next (lower) timestep."""
         raise NotImplementedError
@@ -106,8 +107,13 @@ class Sampler:
         if self.step_ratio is None:
             raise RuntimeError(f"{self.name}: call set_timesteps(num_steps) before step()")
 
-    def _noise_for(self, latents: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    def _noise_for(
+        self, latents: Tensor, noise: Tensor | None, generator: torch.Generator | Sequence[torch.Generator] | None
+    ) -> Tensor:
         """The fresh noise of this step: the one given, or a draw of torch.randn from `generator`.
+
+        With a list of generators, row i of the batch is drawn from generator i, so that each image's noise depends
+        on its own seed only (the pipeline gives every image its own generator).
 
         The draw happens on the generator's device (like diffusers' `randn_tensor`, so a CPU generator gives the
         same numbers whatever device the latents are on), then moves to the latents' device.
@@ -116,6 +122,14 @@ class Sampler:
             if noise.shape != latents.shape:
                 raise ValueError(f"noise has shape {tuple(noise.shape)}, latents {tuple(latents.shape)}")
             return noise
+        if isinstance(generator, Sequence):
+            if len(generator) != latents.shape[0]:
+                raise ValueError(f"{len(generator)} generators for a batch of {latents.shape[0]}")
+            rows = [
+                torch.randn((1, *latents.shape[1:]), generator=g, device=g.device, dtype=latents.dtype)
+                for g in generator
+            ]
+            return torch.cat(rows).to(latents.device)  # B x (1, ...) -> (B, ...)
         device = generator.device if generator is not None else latents.device
         return torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype).to(latents.device)
 

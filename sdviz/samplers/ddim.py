@@ -26,6 +26,8 @@ not on a_bar = 1 (for SD that leaves sigma = 0.029, invisible).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -57,7 +59,7 @@ class DDIMSampler(DDPMSampler):
         t: int,
         latents: Tensor,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """x_t -> x_{t_prev} by eq. 12, with sigma_t from eq. 16."""
         self._check_ready()

@@ -26,6 +26,8 @@ and steps_offset=0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -52,7 +54,7 @@ class DDPMSampler(Sampler):
         t: int,
         latents: Tensor,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """x_t -> x_{t_prev}: sample the posterior q(x_{t_prev} | x_t, x0_predicted) (Algorithm 2, line 4)."""
         self._check_ready()

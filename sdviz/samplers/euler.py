@@ -31,6 +31,8 @@ integers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -79,7 +81,7 @@ class EulerSampler(Sampler):
         t: int,
         latents: Tensor,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """One Euler step of dx/dsigma = (x - D(x; sigma)) / sigma from this timestep's sigma to the next one."""
         i = self._index(t)
@@ -121,7 +123,7 @@ class EulerAncestralSampler(EulerSampler):
         t: int,
         latents: Tensor,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """x at sigma -> x at sigma_next, part deterministic (to sigma_down), part fresh noise (sigma_up)."""
         i = self._index(t)

@@ -1,0 +1,363 @@
+"""The generation pipeline: text-to-image, image-to-image and inpainting, with classifier-free guidance.
+
+    pipe = load_pipeline()         # the embedded model; or load_pipeline("v1-5-pruned-emaonly.safetensors")
+    result = pipe.generate("a red circle on the left", seed=1)
+    result.images[0].save("circle.png")
+
+The loop, as in the seed's architecture pictures:
+
+    prompt ──tokenizer──> ids (B, 77) ──CLIP──> context (B, 77, 768)
+    seed ──> noise latents (B, 4, H/8, W/8)            [img2img: image ──VAE encoder──> latents ──add_noise(t_start)]
+    for t in sampler.timesteps:
+        UNet([latents; latents], t, [context_uncond; context_cond]) ──> eps_uncond, eps_cond
+        eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond)            (Ho & Salimans 2022, eq. 6)
+        latents = sampler.step(eps, t, latents)      [inpainting: re-impose the known region, noised to the next t]
+    latents ──VAE decoder──> image (B, 3, H, W)
+
+Randomness: image i of a call with `seed=s` draws all its noise from its own generator seeded with s + i (or with
+`seed[i]` for a list), always on the CPU, so a seed gives the same picture whatever the batch. On the CPU the
+networks also run image by image (`batch_invariant`): BLAS kernels choose their summation order by matrix size, so a
+batch of 3 can differ from a batch of 1 in the last bit; run alone, each picture is bit-identical at any batch position.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sdviz.samplers import SAMPLERS, Sampler, get_sampler
+from sdviz.tokenizer import Tokenizer
+from sdviz.weights import Models, load_models
+
+EMBEDDED_MODEL = Path(__file__).parent / "toy" / "model"
+
+
+@dataclass
+class GenerationResult:
+    """What `generate` returns: the pictures, the final (scaled) latents and the seed of each picture."""
+
+    images: list[Image.Image]
+    latents: Tensor  # (B, 4, h, w) on the CPU, float32, as the UNet saw them (multiplied by the scaling factor)
+    seeds: list[int]
+
+    @property
+    def image(self) -> Image.Image:
+        return self.images[0]
+
+
+@dataclass
+class StepInfo:
+    """Everything one denoising step computed; handed to observers (the trace) after the step."""
+
+    index: int  # 0 .. len(timesteps) - 1
+    t: int  # the timestep
+    latents: Tensor  # x_t, (B, 4, h, w)
+    eps_cond: Tensor  # the UNet's noise prediction given the prompt
+    eps_uncond: Tensor | None  # given the negative/empty prompt (None without guidance)
+    eps: Tensor  # the guided prediction the sampler used
+    x0: Tensor  # the clean latents this prediction implies
+    next_latents: Tensor  # x_{t-1}, after inpainting's re-imposition
+
+
+@dataclass
+class GenerationInfo:
+    """What a generation is about to do; handed to observers before the first step."""
+
+    prompts: list[str]
+    negative_prompts: list[str]
+    height: int
+    width: int
+    timesteps: list[int]
+    cfg_scale: float
+    sampler: str
+    seeds: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_size(name: str, value: int, multiple: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
+        raise ValueError(f"{name} must be a positive multiple of {multiple} pixels, got {value!r}")
+    return value
+
+
+def image_to_tensor(image: Image.Image | Tensor, height: int, width: int) -> Tensor:
+    """A PIL image (any mode: L, RGBA, P are converted to RGB) -> (1, 3, height, width) in [-1, 1]."""
+    if isinstance(image, Tensor):
+        x = image if image.ndim == 4 else image[None]
+        if x.shape[-2:] != (height, width):
+            raise ValueError(f"image is {x.shape[-1]}x{x.shape[-2]}, expected {width}x{height}")
+        return x.float()
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image or a tensor, got {type(image).__name__}")
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # (H, W, 3) in [0, 255]
+    return (x / 127.5 - 1.0).permute(2, 0, 1)[None]  # (H, W, 3) -> (1, 3, H, W) in [-1, 1]
+
+
+def tensor_to_images(x: Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> B PIL images."""
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, 3, H, W) in [0, 255]
+    return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in x]  # (3, H, W) -> (H, W, 3)
+
+
+def mask_to_tensor(mask: Image.Image | Tensor, height: int, width: int, factor: int) -> Tensor:
+    """Inpainting mask, white = repaint, black = keep, the image's size -> (1, 1, H/f, W/f) in {0, 1}."""
+    if isinstance(mask, Image.Image):
+        if mask.size != (width, height):
+            raise ValueError(f"mask is {mask.size[0]}x{mask.size[1]} but the image is {width}x{height}")
+        m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]  # (1, 1, H, W)
+    elif isinstance(mask, Tensor):
+        m = mask.float()
+        m = m.reshape(1, 1, *m.shape[-2:]) if m.numel() == m.shape[-1] * m.shape[-2] else m
+        if m.shape[-2:] != (height, width):
+            raise ValueError(f"mask is {m.shape[-1]}x{m.shape[-2]} but the image is {width}x{height}")
+    else:
+        raise TypeError(f"mask must be a PIL image or a tensor, got {type(mask).__name__}")
+    m = torch.nn.functional.max_pool2d(m, factor)  # (1, 1, H, W) -> (1, 1, H/f, W/f): repaint a latent if any pixel
+    return (m > 0.5).float()
+
+
+class StableDiffusion:
+    """Tokenizer, text encoder, VAE and UNet, and the loop that turns a prompt into a picture."""
+
+    def __init__(
+        self,
+        models: Models,
+        tokenizer: Tokenizer | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.config = models.config
+        self.device, self.dtype = torch.device(device), dtype
+        self.tokenizer = tokenizer or Tokenizer(max_length=models.config.clip.max_length)
+        self.text_encoder = models.text_encoder.to(self.device, dtype).eval().requires_grad_(False)
+        self.vae = models.vae.to(self.device, dtype).eval().requires_grad_(False)
+        self.unet = models.unet.to(self.device, dtype).eval().requires_grad_(False)
+        self.observers: list[Any] = []  # objects with on_start / on_step / on_end (sdviz.trace attaches here)
+        # run the networks one image at a time, so that results do not depend on the batch (see module docstring)
+        self.batch_invariant = self.device.type == "cpu"
+
+    @classmethod
+    def from_weights(
+        cls, path: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> StableDiffusion:
+        return load_pipeline(path, device=device, dtype=dtype)
+
+    @property
+    def models(self) -> Models:
+        return Models(self.config, self.text_encoder, self.vae, self.unet)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The three networks by name: the roots of every hook point's path (`unet.down_blocks.0...`)."""
+        return {"text_encoder": self.text_encoder, "vae": self.vae, "unet": self.unet}
+
+    # -- the pieces ------------------------------------------------------------------------------------------------
+
+    def _chunks(self, b: int) -> list[slice]:
+        """The batch rows each network call takes: one image at a time when batch_invariant, else all at once."""
+        return [slice(i, i + 1) for i in range(b)] if self.batch_invariant else [slice(0, b)]
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Tensor:
+        """Prompts -> context (B, 77, 768)."""
+        ids = self.tokenizer(prompts).to(self.device)  # (B, 77)
+        return torch.cat([self.text_encoder(ids[c]) for c in self._chunks(len(prompts))])  # (B, 77) -> (B, 77, 768)
+
+    @torch.no_grad()
+    def encode_images(self, x: Tensor, generators: list[torch.Generator] | None = None) -> Tensor:
+        """Images (B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), sampled from the posterior if
+        generators are given (one per image), else its mean."""
+        x = x.to(self.device, self.dtype)
+        moments = [self.vae.encode(x[c]) for c in self._chunks(len(x))]  # (B, 3, H, W) -> 2 x (B, 4, h, w)
+        mean, logvar = torch.cat([m for m, _ in moments]), torch.cat([lv for _, lv in moments])
+        if generators is not None:
+            eps = torch.cat([torch.randn(m.shape, generator=g) for m, g in zip(mean.split(1), generators, strict=True)])
+            mean = mean + torch.exp(0.5 * logvar) * eps.to(mean)  # reparameterisation: z = mu + sigma * eps
+        return mean * self.config.vae.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Scaled latents (B, 4, h, w) -> images (B, 3, H, W), roughly in [-1, 1]."""
+        z = latents.to(self.device, self.dtype) / self.config.vae.scaling_factor
+        return torch.cat([self.vae.decode(z[c]) for c in self._chunks(len(z))])  # (B, 4, h, w) -> (B, 3, H, W)
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] = "",
+        image: Image.Image | Tensor | None = None,
+        mask: Image.Image | Tensor | None = None,
+        strength: float = 0.8,
+        cfg_scale: float = 7.5,
+        steps: int = 50,
+        sampler: str | Sampler = "ddpm",
+        seed: int | Sequence[int] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        latents: Tensor | None = None,
+        eta: float = 0.0,
+        progress: bool = True,
+    ) -> GenerationResult:
+        """Generate images.
+
+        Args:
+            prompt: one prompt or a list (one image each).
+            negative_prompt: what guidance steers away from ("" = unconditional); one, or one per prompt.
+            image: start from this picture (image-to-image); any PIL mode is converted to RGB and resized.
+            mask: with `image`, inpaint: white pixels are repainted, black ones kept. Same size as `image`.
+            strength: image-to-image only: how much noise to add to the image, 0 (none) .. 1 (all of it).
+            cfg_scale: classifier-free guidance weight; 1 or less disables guidance (one UNet pass per step).
+            steps: number of denoising steps (before `strength` shortens them).
+            sampler: "ddpm", "ddim", "euler", "euler_a", or a Sampler instance.
+            seed: an int (image i uses seed + i), a list of ints, or None for a random one.
+            height, width: in pixels, multiples of 8; default the model's image size (or the input image's).
+            latents: initial noise (B, 4, h, w) to use instead of drawing it from the seed (text-to-image).
+            eta: DDIM's stochasticity (0 = deterministic).
+            progress: show a tqdm progress bar.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a string or a non-empty list of strings")
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts; give one or one each")
+        b = len(prompts)
+        factor = self.config.vae.downsampling_factor
+        default = self.config.image_size
+        if image is not None and isinstance(image, Image.Image) and height is None and width is None:
+            width, height = image.size
+        height = _check_size("height", default if height is None else height, max(8, factor))
+        width = _check_size("width", default if width is None else width, max(8, factor))
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if image is not None and not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be between 0 and 1, got {strength!r}")
+        if mask is not None and image is None:
+            raise ValueError("a mask needs an image to inpaint (image=...)")
+        if isinstance(sampler, str):
+            if sampler not in SAMPLERS:
+                raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+            sampler = get_sampler(sampler, self.config.schedule, **({"eta": eta} if sampler == "ddim" else {}))
+        seeds = self._seeds(seed, b)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        x_image = image_to_tensor(image, height, width) if image is not None else None  # (1, 3, H, W)
+        m = mask_to_tensor(mask, height, width, factor).to(self.device, self.dtype) if mask is not None else None
+        sampler.set_timesteps(steps, strength if image is not None else 1.0)
+        timesteps = [int(t) for t in sampler.timesteps]
+
+        # 1. the prompt -> context
+        guided = cfg_scale > 1.0
+        context = self.encode_prompts(prompts)  # (B, 77, 768)
+        uncond = self.encode_prompts(negatives) if guided else None  # (B, 77, 768)
+
+        # 2. the starting latents
+        shape = (b, self.config.unet.in_channels, height // factor, width // factor)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        known = None
+        if x_image is not None:  # image-to-image: encode (a posterior sample, first draw of each image's generator)
+            known = self.encode_images(x_image.expand(b, -1, -1, -1), generators)  # (B, 4, h, w)
+        noise = self._randn(shape, generators) if latents is None else latents.to(self.device, self.dtype)
+        if known is None:
+            x = noise * sampler.init_noise_sigma  # text-to-image: pure noise
+        else:
+            x = sampler.add_noise(known, noise, timesteps[0]) if timesteps else known  # q(x_t | x_0), DDPM eq. 4
+
+        info = GenerationInfo(prompts, negatives, height, width, timesteps, cfg_scale, sampler.name, seeds)
+        for obs in self.observers:
+            obs.on_start(self, info)
+
+        # 3. the denoising loop
+        for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+            for obs in self.observers:
+                obs.on_step_start(i, t)
+            x_in = sampler.scale_model_input(x, t)  # Euler: x / sqrt(sigma^2 + 1)
+            eps_cond, eps_uncond = self.predict_noise(x_in, t, context, uncond)
+            # classifier-free guidance (Ho & Salimans 2022, eq. 6): move away from the unconditional prediction
+            eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond) if guided else eps_cond
+            x_next = sampler.step(eps, t, x, generator=generators)  # x_t -> x_{t-1}; noise from each image's seed
+            if m is not None:
+                # inpainting: outside the mask, replace the model's latents by the original's, noised to the next t
+                nxt = timesteps[i + 1] if i + 1 < len(timesteps) else None
+                original = known if nxt is None else sampler.add_noise(known, noise, nxt)
+                x_next = m * x_next + (1 - m) * original
+            if self.observers:
+                step = StepInfo(i, t, x, eps_cond, eps_uncond, eps, sampler.predict_x0(eps, t, x), x_next)
+                for obs in self.observers:
+                    obs.on_step(step)
+            x = x_next
+
+        # 4. latents -> pixels
+        images = tensor_to_images(self.decode_latents(x))
+        result = GenerationResult(images, x.float().cpu(), seeds)
+        for obs in self.observers:
+            obs.on_end(result)
+        return result
+
+    @torch.no_grad()
+    def predict_noise(self, x: Tensor, t: int, context: Tensor, uncond: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The UNet's noise predictions for latents x (B, 4, h, w) at timestep t: (eps_cond, eps_uncond).
+
+        With guidance (uncond given), each call runs [uncond; cond] as one batch: (2b, 4, h, w).
+        """
+        cond_rows, uncond_rows = [], []
+        for rows in self._chunks(len(x)):
+            for obs in self.observers:
+                obs.on_unet_call(rows, uncond is not None)
+            xc, ctx = x[rows], context[rows]  # (b, 4, h, w), (b, 77, 768)
+            if uncond is not None:
+                xc, ctx = torch.cat([xc, xc]), torch.cat([uncond[rows], ctx])  # (2b, 4, h, w), (2b, 77, 768)
+            out = self.unet(xc, torch.full((len(xc),), t, device=self.device), ctx)  # (2b or b, 4, h, w)
+            if uncond is not None:
+                eps_u, out = out.chunk(2)  # (2b, 4, h, w) -> 2 x (b, 4, h, w)
+                uncond_rows.append(eps_u)
+            cond_rows.append(out)
+        return torch.cat(cond_rows), (torch.cat(uncond_rows) if uncond is not None else None)
+
+    # -- randomness ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _seeds(seed: int | Sequence[int] | None, b: int) -> list[int]:
+        if seed is None:
+            base = random.SystemRandom().randrange(2**31)
+            return [base + i for i in range(b)]
+        if isinstance(seed, int):
+            return [seed + i for i in range(b)]
+        seeds = [int(s) for s in seed]
+        if len(seeds) != b:
+            raise ValueError(f"{b} prompts but {len(seeds)} seeds")
+        return seeds
+
+    def _randn(self, shape: tuple[int, ...], generators: list[torch.Generator]) -> Tensor:
+        """Standard normal noise, one row per image from that image's own CPU generator."""
+        rows = [torch.randn((1, *shape[1:]), generator=g) for g in generators]  # B x (1, 4, h, w)
+        return torch.cat(rows).to(self.device, self.dtype)  # (B, 4, h, w)
+
+
+def load_pipeline(
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    config=None,
+) -> StableDiffusion:
+    """A ready pipeline from real SD 1.x weights (CompVis file, diffusers folder, sdviz folder) or, with no
+    argument, from the small model sdviz ships."""
+    if weights is None:
+        if not (EMBEDDED_MODEL / "sdviz.json").is_file():
+            raise FileNotFoundError("no embedded model yet: pass the path of Stable Diffusion 1.x weights")
+        weights = EMBEDDED_MODEL
+    return StableDiffusion(load_models(weights, config=config), device=device, dtype=dtype)

@@ -32,6 +32,9 @@ test: $(STAMP) graphviz
 	$(BIN)/python -m ruff check sdviz tests benchmarks
 	$(BIN)/python -m pytest -q
 
+flowcharts: $(STAMP) graphviz
+	$(BIN)/python -m sdviz flowchart --out flowcharts
+
 lint: $(STAMP)
 	$(BIN)/python -m ruff check sdviz tests benchmarks
 

@@ -1,0 +1,102 @@
+"""`sdviz flowchart`: write every chart (repository sheets and architecture diagrams) as DOT, SVG and PNG.
+
+    sdviz flowchart                                   # flowcharts/*.dot, *.svg, *.png at the SD 1.5 configuration
+    sdviz flowchart --config toy --out out/ --format dot,svg
+    python -m sdviz.flowchart                         # the same, without the `sdviz` entry point
+
+The `.dot` files need nothing but Python; SVG and PNG need Graphviz's `dot`. Without it, the `.dot` files are still
+written, and one line says how to install Graphviz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sdviz.config import CONFIGS, get_config
+from sdviz.flowchart.architecture import architecture_diagram
+from sdviz.flowchart.dot import INSTALL_HINT, Chart, GraphvizMissing, dot_executable
+from sdviz.flowchart.repository import SHEETS, component_sheet, overview
+
+FORMATS = ("dot", "svg", "png", "pdf")
+DEFAULT_FORMATS = ("dot", "svg", "png")
+# the architecture diagrams written by `write_all`: (kind, depth)
+ARCHITECTURE = (("txt2img", 1), ("txt2img", 2), ("img2img", 1), ("inpaint", 1), ("unet", 1), ("unet", 2), ("unet", 3))
+
+
+def repository_flowchart(sheet: str = "overview", config: str = "sd15") -> Chart:
+    """One sheet of the repository flowchart: "overview" or a component ("pipeline", "text-encoder",
+    "vae-encoder", "vae-decoder", "unet", "blocks", "sampler"), drawn from the code and a traced run."""
+    get_config(config)
+    if sheet not in SHEETS:
+        raise ValueError(f"unknown sheet {sheet!r}; known: {', '.join(SHEETS)}")
+    return overview(config) if sheet == "overview" else component_sheet(sheet, config)
+
+
+def all_charts(config: str = "sd15") -> list[Chart]:
+    """Every chart `write_all` writes, in a fixed order: the repository sheets, then the architecture diagrams."""
+    get_config(config)
+    charts = [repository_flowchart(name, config) for name in SHEETS]
+    charts += [architecture_diagram(kind, depth, config) for kind, depth in ARCHITECTURE]
+    return charts
+
+
+def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    formats = tuple(f.strip().lower().lstrip(".") for f in formats if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown format {', '.join(map(repr, unknown)) or '(none)'}; known: {', '.join(FORMATS)}")
+    return formats
+
+
+def write_all(
+    out_dir: str | Path = "flowcharts", config: str = "sd15", formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110
+) -> list[Path]:
+    """Write every chart to `out_dir` in each format; returns the paths written.
+
+    The `.dot` files are written first, and always: if Graphviz is missing, `GraphvizMissing` is raised after
+    them, so that the DOT text is never lost for want of a renderer.
+    """
+    formats = _check_formats(formats)
+    charts = all_charts(config)
+    out = Path(out_dir)
+    written: list[Path] = []
+    for chart in charts:
+        written += chart.save(out, ("dot",))
+    rendered = [f for f in formats if f != "dot"]
+    if rendered and dot_executable() is None:
+        raise GraphvizMissing(INSTALL_HINT)
+    for chart in charts:
+        written += chart.save(out, rendered, dpi=dpi)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (0 ok, 1 Graphviz missing, 2 bad arguments)."""
+    parser = argparse.ArgumentParser(
+        prog="sdviz flowchart",
+        description="Draw sdviz's repository flowchart and architecture diagrams from its code and a traced run.",
+    )
+    parser.add_argument("--config", default="sd15", help=f"model configuration: {', '.join(CONFIGS)} (default sd15)")
+    parser.add_argument("--out", default="flowcharts", help="output folder (default flowcharts/)")
+    parser.add_argument(
+        "--format",
+        default=",".join(DEFAULT_FORMATS),
+        help=f"comma-separated formats among {', '.join(FORMATS)} (default dot,svg,png)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        get_config(args.config)
+        formats = _check_formats(args.format.split(","))
+    except ValueError as e:
+        print(f"sdviz flowchart: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        written = write_all(args.out, args.config, formats)
+    except GraphvizMissing as e:
+        print(f"sdviz flowchart: {e}; the .dot files were written to {args.out}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0

@@ -50,6 +50,7 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, query_dim, bias=qkv_bias)
         self.to_out = nn.Linear(query_dim, query_dim)
         self.hook_probs = HookPoint()  # (B, heads, N, M) attention probabilities, computed only when listened to
+        self.probs_rows: slice | None = None  # the batch rows hook_probs is computed for (None: all); a trace sets it
 
     def forward(self, x: Tensor, context: Tensor | None = None, causal: bool = False) -> Tensor:
         context = x if context is None else context
@@ -61,6 +62,7 @@ class Attention(nn.Module):
         v = self.to_v(context).view(b, m, h, d).transpose(1, 2)  # (B, M, C_ctx) -> (B, h, M, d)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, h, N, d)
         if self.hook_probs.active:
-            self.hook_probs(attention_probs(q, k, causal))  # (B, h, N, M), beside the fused kernel
+            rows = slice(None) if self.probs_rows is None else self.probs_rows  # e.g. only the conditional half
+            self.hook_probs(attention_probs(q[rows], k[rows], causal))  # (b, h, N, M), beside the fused kernel
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, h, N, d) -> (B, N, h, d) -> (B, N, C)
         return self.to_out(out)  # (B, N, C) -> (B, N, C)

@@ -1,0 +1,1 @@
+"""Pictures of what a trace recorded: matplotlib figures (`plots`) and the README figures (`figures`)."""

@@ -1,0 +1,370 @@
+"""What a trace will record, and how many bytes it will take, worked out from shapes alone.
+
+`unet_layout` runs the UNet of a configuration once on PyTorch's *meta* device: tensors there have shapes but no
+storage and no arithmetic, so even SD 1.5 at 512x512 "runs" in a fraction of a second with no weights and no
+memory. Forward hooks note the shape at every hook point, the pixel grid of every attention layer and the groups of
+every GroupNorm, in the order the forward pass meets them.
+
+`estimate` turns a layout and a recording plan (which records, which layers, which steps, what to keep) into bytes,
+record by record. A trace computes the same estimate before the first denoising step and refuses to start when it
+is over its budget, so a run that would not fit in memory fails in a second with a breakdown instead of after
+minutes with an out-of-memory error.
+
+    >>> print(estimate(SD15, num_steps=50))        # the default records of an SD 1.5 run at 512x512
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sdviz.config import SDConfig, UNetConfig
+from sdviz.models.attention import Attention
+from sdviz.models.common import GroupNorm, HookPoint
+from sdviz.trace.hooks import Filter, HookNameError, close_names, select
+
+KINDS = ("cross_attention", "self_attention", "groupnorm", "time_embedding", "latents")
+DEFAULT_RECORD = ("cross_attention", "groupnorm", "time_embedding", "latents")
+LAYERED = ("cross_attention", "self_attention", "groupnorm")  # the records that `layers=` chooses layers for
+KEEP_AXES = ("step", "layer", "head")  # what an attention record can keep instead of summing over it
+DEFAULT_BUDGET = 512 * 2**20  # bytes: a trace that would hold more refuses to start (raise it with max_bytes=)
+
+FLOAT = 4  # bytes per float32
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One attention layer of the UNet: its probabilities are (B, heads, n, m), n = h * w pixels."""
+
+    name: str  # the hook point, e.g. unet.mid_block.attentions.0.transformer_blocks.0.attn2.hook_probs
+    kind: str  # "cross_attention" or "self_attention"
+    heads: int
+    n: int  # query positions (pixels)
+    m: int  # key positions (tokens for cross-attention, pixels for self-attention)
+    hw: tuple[int, int]  # the pixel grid of the queries
+
+    @property
+    def resolution(self) -> str:
+        return f"{self.hw[0]}x{self.hw[1]}"
+
+
+@dataclass(frozen=True)
+class NormLayer:
+    """One GroupNorm of the UNet: its input is (B, channels, h, w), normalised in `groups` groups."""
+
+    name: str  # the module path, e.g. unet.down_blocks.0.resnets.0.norm1 (hook points: .hook_in, .hook_out)
+    groups: int
+    channels: int
+    hw: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class UNetLayout:
+    """The shapes a UNet sees for one image of a given latent size (see `unet_layout`)."""
+
+    latent: tuple[int, int, int]  # (C, h, w)
+    hooks: dict[str, tuple[int, ...]]  # every UNet hook point -> its shape for a batch of 1, in forward order
+    attention: dict[str, AttentionLayer]  # by hook name, in forward order
+    groupnorm: dict[str, NormLayer]  # by module path, in forward order
+    time_dims: tuple[int, int]  # (sinusoid width, MLP output width): (320, 1280) for SD 1.5
+
+    def layers(self, kind: str) -> list[str]:
+        """The layer names a record of this kind can watch."""
+        if kind == "groupnorm":
+            return list(self.groupnorm)
+        return [name for name, a in self.attention.items() if a.kind == kind]
+
+
+def _unet_on_meta(cfg: UNetConfig) -> nn.Module:
+    from sdviz.models.unet import UNet
+
+    with torch.device("meta"):
+        return UNet(cfg)
+
+
+@functools.lru_cache(maxsize=16)
+def unet_layout(cfg: UNetConfig, latent_hw: tuple[int, int], context_length: int = 77) -> UNetLayout:
+    """Run a UNet of configuration `cfg` on the meta device for one latent of size `latent_hw` and note its shapes.
+
+    Cross- and self-attention are told apart by what the forward pass does (a context is passed or not), not by
+    names, and the pixel grid of an attention layer is the (h, w) of the feature map its spatial transformer folds
+    into a sequence.
+    """
+    from sdviz.models.unet import SpatialTransformer
+
+    unet = _unet_on_meta(cfg)
+    hooks: dict[str, tuple[int, ...]] = {}
+    grids: dict[str, tuple[int, int]] = {}
+    attention: dict[str, tuple[str, int, int, int]] = {}
+    norms: dict[str, tuple[int, int, tuple[int, int]]] = {}
+    handles = []
+
+    # (every hook below returns None: a forward hook that returns a value would replace the module's output)
+    def on_hook(n: str, out: torch.Tensor) -> None:
+        hooks.setdefault(n, tuple(out.shape))
+
+    def on_transformer(n: str, x: torch.Tensor) -> None:
+        grids.setdefault(n, tuple(x.shape[-2:]))
+
+    def on_attention(n: str, mod: Attention, args: tuple, kwargs: dict) -> None:
+        x = args[0]
+        context = args[1] if len(args) > 1 else kwargs.get("context")
+        kind = "self_attention" if context is None else "cross_attention"
+        attention.setdefault(n, (kind, mod.heads, x.shape[1], (x if context is None else context).shape[1]))
+
+    def on_norm(n: str, mod: GroupNorm, x: torch.Tensor) -> None:
+        norms.setdefault(n, (mod.num_groups, mod.num_channels, tuple(x.shape[-2:])))
+
+    for path, m in unet.named_modules():
+        name = f"unet.{path}" if path else "unet"
+        if isinstance(m, HookPoint):
+            handles.append(m.register_forward_hook(lambda _m, _a, out, n=name: on_hook(n, out)))
+        elif isinstance(m, SpatialTransformer):
+            handles.append(m.register_forward_pre_hook(lambda _m, a, n=name: on_transformer(n, a[0])))
+        elif isinstance(m, Attention):
+            handles.append(
+                m.register_forward_pre_hook(lambda mod, a, kw, n=name: on_attention(n, mod, a, kw), with_kwargs=True)
+            )
+        elif isinstance(m, GroupNorm):
+            handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: on_norm(n, mod, a[0])))
+    try:
+        with torch.no_grad():
+            x = torch.empty(1, cfg.in_channels, *latent_hw, device="meta")
+            context = torch.empty(1, context_length, cfg.context_dim, device="meta")
+            unet(x, 999, context)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def grid_of(attn_path: str) -> tuple[int, int]:
+        owners = [p for p in grids if attn_path.startswith(p + ".")]
+        return grids[max(owners, key=len)]
+
+    layers = {}
+    for path, (kind, heads, n, m) in attention.items():
+        layers[f"{path}.hook_probs"] = AttentionLayer(f"{path}.hook_probs", kind, heads, n, m, grid_of(path))
+    # forward order of the attention layers = order in which their hook points fired
+    ordered = {k: layers[k] for k in hooks if k in layers}
+    gn = {p: NormLayer(p, g, c, hw) for p, (g, c, hw) in norms.items()}
+    return UNetLayout(
+        latent=(cfg.in_channels, *latent_hw),
+        hooks=hooks,
+        attention=ordered,
+        groupnorm=gn,
+        time_dims=(hooks["unet.hook_time_sinusoid"][-1], hooks["unet.hook_time_embedding"][-1]),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Plans: which layers each record watches, and what it keeps
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def per_kind(value: Any, kinds: Iterable[str], what: str) -> dict[str, Any]:
+    """`layers=` and `keep=` apply to every record, or per record with a dict {kind: value}."""
+    kinds = list(kinds)
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(KINDS)
+        if unknown:
+            raise ValueError(f"{what}: unknown record kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
+        return {k: value.get(k) for k in kinds}
+    return {k: value for k in kinds}
+
+
+def check_record(record: Iterable[str] | str | None) -> tuple[str, ...]:
+    if record is None:
+        return DEFAULT_RECORD
+    record = (record,) if isinstance(record, str) else tuple(record)
+    if record in (("all",), ("everything",)):
+        return KINDS
+    unknown = [r for r in record if r not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown record kind(s) {unknown}; known: {', '.join(KINDS)} (or 'all')")
+    if not record:
+        raise ValueError(f"record nothing? choose from {', '.join(KINDS)}")
+    return tuple(dict.fromkeys(record))
+
+
+def check_keep(keep: Iterable[str] | str | None) -> frozenset[str]:
+    keep = () if keep is None else ((keep,) if isinstance(keep, str) else tuple(keep))
+    unknown = [k for k in keep if k not in KEEP_AXES]
+    if unknown:
+        raise ValueError(f"keep: unknown axis {unknown}; an attention record can keep {', '.join(KEEP_AXES)}")
+    return frozenset(keep)
+
+
+def choose_layers(candidates: list[str], all_names: list[str], filter: Filter, kind: str) -> list[str]:
+    """The layers of one record kind that a `layers=` filter selects.
+
+    The filter is checked against every hook point first (a typo raises, with close names); then it must select at
+    least one layer of this kind. Layers are named by their hook points: a GroupNorm layer is selected when the
+    filter selects its `.hook_in` or `.hook_out`, or names its module path.
+    """
+    if filter is None:
+        return list(candidates)
+    picked = set(select(all_names, filter, what="hook point"))
+    if kind == "groupnorm":
+        chosen = [c for c in candidates if f"{c}.hook_in" in picked or f"{c}.hook_out" in picked]
+    else:
+        chosen = [c for c in candidates if c in picked]
+    if not chosen:
+        example = close_names(filter if isinstance(filter, str) else str(filter), candidates, n=4)
+        raise HookNameError(
+            f"layers={filter!r} selects no {kind.replace('_', '-')} layer; such layers are e.g. {', '.join(example)}. "
+            f"To choose layers per record, pass layers={{'{kind}': ..., ...}}."
+        )
+    return chosen
+
+
+def resolve_steps(steps: Any, timesteps: list[int]) -> list[int]:
+    """The step indices (0 .. n-1) a `steps=` argument selects: None (all), an int, a slice or range, a list of
+    ints (negative ones count from the end), or a predicate `(index, t) -> bool`."""
+    n = len(timesteps)
+    if steps is None:
+        return list(range(n))
+    if callable(steps):
+        chosen = [i for i, t in enumerate(timesteps) if steps(i, t)]
+    elif isinstance(steps, slice):
+        chosen = list(range(n))[steps]
+    else:
+        items = [steps] if isinstance(steps, int) else list(steps)
+        chosen = []
+        for s in items:
+            if isinstance(s, bool) or not isinstance(s, int):
+                raise TypeError(f"steps: expected step indices (ints), got {s!r}")
+            if not -n <= s < n:
+                raise ValueError(f"steps: step {s} does not exist; this generation has {n} steps (0 .. {n - 1})")
+            chosen.append(s % n)
+        chosen = sorted(set(chosen))
+    if not chosen:
+        raise ValueError(f"steps={steps!r} selects none of this generation's {n} steps")
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bytes
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes a trace will hold, per record, with a line of explanation each."""
+
+    parts: dict[str, int] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    transient: int = 0  # the largest attention-probability tensor computed at once (freed after each layer)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def add(self, name: str, nbytes: int, detail: str) -> None:
+        self.parts[name] = self.parts.get(name, 0) + int(nbytes)
+        self.details[name] = detail
+
+    def __str__(self) -> str:
+        lines = [f"  {name:<16}{_mb(b):>12}   {self.details.get(name, '')}" for name, b in self.parts.items()]
+        lines.append(f"  {'total':<16}{_mb(self.total):>12}")
+        if self.transient:
+            lines.append(f"  (plus, while a layer is observed, its probabilities: up to {_mb(self.transient)} at once)")
+        return "\n".join(lines)
+
+
+def _mb(nbytes: int | float) -> str:
+    return f"{nbytes / 1e6:,.2f} MB"
+
+
+def plan_bytes(
+    layout: UNetLayout,
+    record: tuple[str, ...],
+    layers: dict[str, list[str]],
+    keep: dict[str, frozenset[str]],
+    images: int,
+    num_steps: int,
+    recorded_steps: int,
+    image_hw: tuple[int, int],
+    guided: bool = True,
+    decode: bool = False,
+    rows_per_call: int = 1,
+) -> MemoryEstimate:
+    """The estimate for one plan. Sums are float32; images and decodes are uint8."""
+    est = MemoryEstimate()
+    b = images
+    for kind in ("cross_attention", "self_attention"):
+        if kind not in record:
+            continue
+        k = keep[kind]
+        s = recorded_steps if "step" in k else 1
+        groups: dict[str, int] = {}  # key (layer or resolution) -> floats
+        for name in layers[kind]:
+            a = layout.attention[name]
+            key = name if ("layer" in k or kind == "self_attention") else a.resolution
+            h = a.heads if "head" in k else 1
+            groups[key] = s * b * h * a.n * a.m + s * b  # the sums and their counts
+            est.transient = max(est.transient, rows_per_call * a.heads * a.n * a.m * FLOAT)
+        kept = ", ".join(sorted(k)) or "nothing"
+        what = "per layer" if (kind == "self_attention" or "layer" in k) else "per resolution"
+        est.add(kind, sum(groups.values()) * FLOAT, f"{len(layers[kind])} layers, summed {what}, kept: {kept}")
+    if "groupnorm" in record:
+        gs = sum(layout.groupnorm[n].groups for n in layers["groupnorm"])
+        est.add(
+            "groupnorm",
+            recorded_steps * b * gs * 4 * FLOAT,
+            f"{len(layers['groupnorm'])} layers x {recorded_steps} steps x groups x (mean, std) of input and output",
+        )
+    if "time_embedding" in record:
+        d1, d2 = layout.time_dims
+        est.add("time_embedding", num_steps * (d1 + d2) * FLOAT, f"{num_steps} steps x ({d1} + {d2})")
+    if "latents" in record:
+        c, h, w = layout.latent
+        kinds = 5 if guided else 4
+        n = (num_steps * kinds + 1) * b * c * h * w * FLOAT
+        est.add(
+            "latents",
+            n,
+            f"{num_steps} steps x {kinds} tensors (x_t, eps_cond, {'eps_uncond, ' if guided else ''}eps, x0) "
+            f"x {c}x{h}x{w}; RGB previews are computed from them on demand",
+        )
+        if decode:
+            est.add(
+                "decoded_x0", num_steps * b * 3 * image_hw[0] * image_hw[1], "every step's x0 through the VAE (uint8)"
+            )
+    est.add("images", b * 3 * image_hw[0] * image_hw[1], "the final pictures (uint8)")
+    return est
+
+
+def estimate(
+    config: SDConfig | Any,
+    height: int | None = None,
+    width: int | None = None,
+    num_steps: int = 50,
+    images: int = 1,
+    record: Iterable[str] | str | None = None,
+    layers: Filter | Mapping[str, Filter] = None,
+    steps: Any = None,
+    keep: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+    decode: bool = False,
+    guided: bool = True,
+) -> MemoryEstimate:
+    """Bytes a trace of one generation would hold, from shapes alone (no weights are needed or loaded).
+
+    Args are those of `sdviz.trace` plus the generation's size: `config` is an `SDConfig` (or a pipeline),
+    `num_steps` the number of denoising steps, `images` the batch size.
+    """
+    cfg: SDConfig = getattr(config, "config", config)
+    height = cfg.image_size if height is None else height
+    width = cfg.image_size if width is None else width
+    f = cfg.vae.downsampling_factor
+    layout = unet_layout(cfg.unet, (height // f, width // f), cfg.clip.max_length)
+    record = check_record(record)
+    layer_filters = per_kind(layers, LAYERED, "layers")
+    keeps = {k: check_keep(v) for k, v in per_kind(keep, ("cross_attention", "self_attention"), "keep").items()}
+    names = list(layout.hooks)
+    chosen = {k: choose_layers(layout.layers(k), names, layer_filters[k], k) for k in LAYERED if k in record}
+    recorded = len(resolve_steps(steps, list(range(num_steps))))
+    return plan_bytes(layout, record, chosen, keeps, images, num_steps, recorded, (height, width), guided, decode)

@@ -1,0 +1,507 @@
+"""The Trace: run a generation inside it, then ask what the model did.
+
+    import sdviz
+    with sdviz.trace(pipe) as tr:                     # default: cross-attention, group norm, time embedding, latents
+        result = pipe.generate("a red circle above a blue square", seed=1)
+    tr.word_map("circle")                             # (64, 64): where the word "circle" was attended to
+    tr.word_map("circle", steps=10, resolution=16)    # ... at step 10, in the 16x16 layers (needs keep=["step"])
+    tr.groupnorm.frame()                              # per layer, step and group: mean and std in and out
+    tr.time_embedding.sinusoid, tr.time_embedding.mlp # (steps, 320), (steps, 1280) for SD 1.5
+    tr.latents.preview("x0")                          # what the model thought the clean image was, at every step
+    tr.save("trace.pt"); tr2 = sdviz.trace.load("trace.pt")
+
+How it works. Entering the block attaches forward hooks to the hook points the records need, and adds the trace to
+the pipeline's observers; the pipeline tells its observers when a generation starts, when each step starts, which
+batch rows each UNet call holds, and what each step computed. Leaving the block removes every hook and the observer,
+in a `finally`, so nothing is left behind even when the generation raises.
+
+What it guarantees:
+
+- Observing changes no number. Hooks only read. Attention still runs `F.scaled_dot_product_attention`; a recorded
+  layer's probabilities are computed beside it, from the same Q and K, and only for the conditional rows of the
+  batch (with guidance the UNet batch is [unconditional; conditional]). The same seed gives the same latents and
+  the same image bytes with and without a trace.
+- Not tracing costs nothing: with no hook attached, a hook point is one Python call and no probability is computed.
+- Memory is known before the run. The trace estimates its records from shapes (see `layout.py`) when the
+  generation starts, and refuses with the estimate if it is over `max_bytes`.
+- Records are plain CPU tensors, independent of the pipeline: a trace saved on a GPU machine with SD 1.5 loads in
+  a notebook without the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from sdviz.trace.hooks import Filter, hook_points
+from sdviz.trace.layout import (
+    DEFAULT_BUDGET,
+    KINDS,
+    LAYERED,
+    MemoryEstimate,
+    check_keep,
+    check_record,
+    choose_layers,
+    per_kind,
+    plan_bytes,
+    resolve_steps,
+    unet_layout,
+)
+from sdviz.trace.preview import latent_rgb_map
+from sdviz.trace.records import (
+    AttentionRecord,
+    GroupNormRecord,
+    LatentsRecord,
+    SelfAttentionRecord,
+    TimeEmbeddingRecord,
+)
+
+FORMAT = "sdviz-trace"
+VERSION = 1
+
+
+class TraceBudgetError(MemoryError):
+    """The records a trace was asked for would take more memory than its budget (`max_bytes`)."""
+
+
+class Trace:
+    """Records of one generation. Create it with `sdviz.trace(pipe, ...)` and run `pipe.generate` inside `with`.
+
+    Args:
+        pipe: the `StableDiffusion` pipeline to observe.
+        record: which records to keep, from "cross_attention", "self_attention", "groupnorm", "time_embedding",
+            "latents" (default: all but self-attention), or "all".
+        layers: which layers the layered records (attention, group norm) watch: hook names, globs, module paths, a
+            list of those or a predicate; or a dict {record kind: filter}. A filter that selects nothing raises and
+            lists close names.
+        steps: which denoising steps the attention and group-norm records cover: None (all), an int, a slice, a list
+            of indices (negative count from the end), or a predicate `(index, t) -> bool`. Latents and time
+            embeddings are kept for every step.
+        keep: what the attention records keep instead of summing over it: any of "step", "layer", "head" (or a
+            dict {kind: axes}). Default: nothing (sum over heads, the layers of a resolution and the chosen steps).
+        decode: also decode every step's predicted x0 with the VAE (slow; the cheap linear preview is always there).
+        max_bytes: refuse to start a generation whose records would exceed this many bytes (default 512 MiB).
+
+    A trace holds one generation: a second `generate` inside the same block replaces the records. Traces can be
+    nested (each records what it was asked for); while one is active, every listener of an attention layer it
+    watches (such as a `hooks(...)` callback) sees the conditional rows only.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        record: Iterable[str] | str | None = None,
+        layers: Filter | Mapping[str, Filter] = None,
+        steps: Any = None,
+        keep: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+        decode: bool = False,
+        max_bytes: int | float = DEFAULT_BUDGET,
+    ):
+        self.pipe = pipe
+        self.record = check_record(record)
+        self._layer_filters = per_kind(layers, LAYERED, "layers")
+        self.keep = {k: check_keep(v) for k, v in per_kind(keep, ("cross_attention", "self_attention"), "keep").items()}
+        self.steps_filter = steps
+        self.decode = bool(decode)
+        self.max_bytes = max_bytes
+        self.layers: dict[str, list[str]] = {}
+        self.records: dict[str, Any] = {}
+        self.info: dict[str, Any] | None = None
+        self.encodings: list[dict] = []
+        self.estimate: MemoryEstimate | None = None
+        self.images_u8: Tensor | None = None
+        self._handles: list[Any] = []
+        self._watched: list[Any] = []  # Attention modules whose probabilities we compute
+        self._attached = False
+        self._recorded: set[int] = set()
+        self._reset_run_state()
+        if pipe is not None:
+            self._choose_layers()
+
+    # -- choosing what to watch (before the run, so that a bad filter fails at once) -------------------------------
+
+    def _choose_layers(self) -> None:
+        from sdviz.models.common import GroupNorm
+        from sdviz.models.unet import TransformerBlock
+
+        names = list(hook_points(self.pipe))
+        candidates: dict[str, list[str]] = {"cross_attention": [], "self_attention": [], "groupnorm": []}
+        for path, m in self.pipe.unet.named_modules():
+            if isinstance(m, TransformerBlock):
+                candidates["self_attention"].append(f"unet.{path}.attn1.hook_probs")
+                candidates["cross_attention"].append(f"unet.{path}.attn2.hook_probs")
+            elif isinstance(m, GroupNorm):
+                candidates["groupnorm"].append(f"unet.{path}")
+        for kind in LAYERED:
+            if kind in self.record:
+                self.layers[kind] = choose_layers(candidates[kind], names, self._layer_filters[kind], kind)
+
+    # -- attaching and detaching -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Trace:
+        if self.pipe is None:
+            raise RuntimeError("a loaded trace has no pipeline to observe; start a new one with sdviz.trace(pipe)")
+        if self._attached:
+            raise RuntimeError("this trace is already active; a trace records one `with` block")
+        points = hook_points(self.pipe)
+        modules = {f"unet.{p}": m for p, m in self.pipe.unet.named_modules()}
+        try:
+            for kind in ("cross_attention", "self_attention"):
+                for name in self.layers.get(kind, []):
+                    self._hook(points[name], self._on_probs, kind, name)
+                    self._watched.append(modules[name.removesuffix(".hook_probs")])
+            for i, layer in enumerate(self.layers.get("groupnorm", [])):
+                self._hook(points[f"{layer}.hook_in"], self._on_norm, i, 0)
+                self._hook(points[f"{layer}.hook_out"], self._on_norm, i, 1)
+            if "time_embedding" in self.record:
+                self._hook(points["unet.hook_time_sinusoid"], self._on_time, 0)
+                self._hook(points["unet.hook_time_embedding"], self._on_time, 1)
+            self.pipe.observers.append(self)
+            self._attached = True
+        except BaseException:
+            self._detach()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self._detach()
+        return False
+
+    def _hook(self, point: Any, fn: Any, *key: Any) -> None:
+        # fn returns None, so the hook point's output passes through untouched
+        self._handles.append(point.register_forward_hook(lambda _m, _a, out: fn(*key, out)))
+
+    def _detach(self) -> None:
+        """Remove every hook and the observer, reset the probability rows; safe to call twice."""
+        try:
+            for h in self._handles:
+                h.remove()
+            for attn in self._watched:
+                attn.probs_rows = None
+            self.pipe.observers[:] = [o for o in self.pipe.observers if o is not self]
+        finally:
+            self._handles, self._watched = [], []
+            self._attached = False
+            self._reset_run_state()
+            for rec in self.records.values():
+                rec.to("cpu")
+
+    def _reset_run_state(self) -> None:
+        self._step: int | None = None  # the step index running now
+        self._attn_step = False  # is it a recorded step?
+        self._call: tuple[slice, slice] | None = None  # (image rows, conditional rows of the UNet batch)
+        self._time_seen: set[int] = set()
+
+    # -- the observer protocol ---------------------------------------------------------------------------------------
+
+    def on_start(self, pipe: Any, info: Any) -> None:
+        """A generation starts: plan, estimate, refuse if over budget, allocate."""
+        b, timesteps = len(info.prompts), list(info.timesteps)
+        factor = pipe.config.vae.downsampling_factor
+        latent_hw = (info.height // factor, info.width // factor)
+        layout = unet_layout(pipe.unet.config, latent_hw, pipe.config.clip.max_length)
+        recorded = resolve_steps(self.steps_filter, timesteps)
+        guided = info.cfg_scale > 1.0
+        self.estimate = plan_bytes(
+            layout,
+            self.record,
+            self.layers,
+            self.keep,
+            b,
+            len(timesteps),
+            len(recorded),
+            (info.height, info.width),
+            guided,
+            self.decode,
+            rows_per_call=1 if getattr(pipe, "batch_invariant", False) else b,
+        )
+        if self.estimate.total > self.max_bytes:
+            raise TraceBudgetError(
+                f"this trace would hold {self.estimate.total / 1e6:,.1f} MB, over its budget of "
+                f"{self.max_bytes / 1e6:,.1f} MB:\n{self.estimate}\n"
+                "Record fewer layers or steps (layers=..., steps=...), keep less (keep=...), "
+                "or raise the budget: sdviz.trace(pipe, ..., max_bytes=...)."
+            )
+        self.info = {
+            "prompts": list(info.prompts),
+            "negative_prompts": list(info.negative_prompts),
+            "height": info.height,
+            "width": info.width,
+            "timesteps": timesteps,
+            "cfg_scale": float(info.cfg_scale),
+            "sampler": info.sampler,
+            "seeds": list(info.seeds),
+            "config": pipe.config.to_dict(),
+            "record": list(self.record),
+            "recorded_steps": recorded,
+        }
+        self.encodings = [asdict(pipe.tokenizer.encode(p)) for p in info.prompts]
+        device = pipe.device
+        self.records = {}
+        for kind, cls in (("cross_attention", AttentionRecord), ("self_attention", SelfAttentionRecord)):
+            if kind in self.record:
+                layers = [layout.attention[n] for n in self.layers[kind]]
+                self.records[kind] = cls(kind, layers, b, recorded, len(timesteps), self.keep[kind], device)
+        if "groupnorm" in self.record:
+            norms = [layout.groupnorm[n] for n in self.layers["groupnorm"]]
+            self.records["groupnorm"] = GroupNormRecord(norms, b, recorded, timesteps, device)
+        if "time_embedding" in self.record:
+            self.records["time_embedding"] = TimeEmbeddingRecord(timesteps, layout.time_dims, device)
+        if "latents" in self.record:
+            decode_hw = (info.height, info.width) if self.decode else None
+            rgb = latent_rgb_map(pipe)
+            self.records["latents"] = LatentsRecord(timesteps, b, layout.latent, guided, rgb, decode_hw)
+        self._recorded = set(recorded)
+        self.images_u8 = None
+
+    def on_step_start(self, i: int, t: int) -> None:
+        self._step, self._attn_step, self._time_seen = i, i in self._recorded, set()
+
+    def on_unet_call(self, rows: slice, guided: bool) -> None:
+        """The UNet is about to run images `rows`; with guidance its batch is [uncond rows; cond rows]."""
+        b = rows.stop - rows.start
+        cond = slice(b, 2 * b) if guided else slice(0, b)
+        self._call = (rows, cond)
+        # probabilities of the conditional rows only, and of no row at all on steps we do not record (unless someone
+        # else listens to the layer too, e.g. a second trace that records this step)
+        for attn in self._watched:
+            alone = len(attn.hook_probs._forward_hooks) == 1
+            attn.probs_rows = cond if self._attn_step or not alone else slice(0, 0)
+
+    def on_step(self, step: Any) -> None:
+        self._call = None
+        rec = self.records.get("latents")
+        if rec is not None:
+            rec.add(
+                step.index,
+                x_t=step.latents,
+                eps_cond=step.eps_cond,
+                eps_uncond=step.eps_uncond,
+                eps=step.eps,
+                x0=step.x0,
+            )
+            if rec.decoded is not None:
+                x = self.pipe.decode_latents(step.x0).float().clamp(-1, 1)  # (B, 3, H, W)
+                rec.decoded[step.index] = ((x + 1) * 127.5).round().to(torch.uint8).cpu()
+
+    def on_end(self, result: Any) -> None:
+        self._call = None
+        if "latents" in self.records:
+            self.records["latents"].final.copy_(result.latents)
+        self.images_u8 = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in result.images])
+        for rec in self.records.values():
+            rec.to("cpu")
+
+    # -- the hooks ---------------------------------------------------------------------------------------------------
+
+    def _on_probs(self, kind: str, name: str, probs: Tensor) -> None:
+        if self._call is None or not self._attn_step or probs.shape[0] == 0:
+            return
+        self.records[kind].add(name, self._step, self._call[0], probs)
+
+    def _on_norm(self, layer: int, which: int, x: Tensor) -> None:
+        if self._call is None or not self._attn_step:
+            return
+        images, cond = self._call
+        self.records["groupnorm"].add(layer, which, self._step, images, x[cond])
+
+    def _on_time(self, which: int, x: Tensor) -> None:
+        if self._call is None or which in self._time_seen:
+            return  # every row holds the same t, and every UNet call of a step the same embedding: keep one
+        self._time_seen.add(which)
+        self.records["time_embedding"].add(which, self._step, x)
+
+    # -- asking ------------------------------------------------------------------------------------------------------
+
+    def _need(self, kind: str) -> Any:
+        if self.info is None:
+            raise RuntimeError("this trace holds no generation yet: call pipe.generate(...) inside the `with` block")
+        if kind not in self.records:
+            raise KeyError(f"this trace did not record {kind!r}; it recorded {', '.join(self.records)}")
+        return self.records[kind]
+
+    @property
+    def cross_attention(self) -> AttentionRecord:
+        return self._need("cross_attention")
+
+    @property
+    def self_attention(self) -> SelfAttentionRecord:
+        return self._need("self_attention")
+
+    @property
+    def groupnorm(self) -> GroupNormRecord:
+        return self._need("groupnorm")
+
+    @property
+    def time_embedding(self) -> TimeEmbeddingRecord:
+        return self._need("time_embedding")
+
+    @property
+    def latents(self) -> LatentsRecord:
+        return self._need("latents")
+
+    @property
+    def prompts(self) -> list[str]:
+        return self._info()["prompts"]
+
+    @property
+    def timesteps(self) -> list[int]:
+        return self._info()["timesteps"]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the generated pictures."""
+        return self._info()["height"], self._info()["width"]
+
+    def _info(self) -> dict:
+        if self.info is None:
+            raise RuntimeError("this trace holds no generation yet: call pipe.generate(...) inside the `with` block")
+        return self.info
+
+    def tokens_of(self, image: int = 0) -> list[str]:
+        """The readable tokens of one prompt, start and end included (no padding)."""
+        self._info()
+        e = self.encodings[image]
+        return e["tokens"][: e["length"]]
+
+    @property
+    def tokens(self) -> list[str]:
+        """The tokens of the first prompt: ["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]."""
+        return self.tokens_of(0)
+
+    @property
+    def words(self) -> list[str]:
+        """The words of the first prompt (what `word_map` accepts)."""
+        self._info()
+        return list(self.encodings[0]["words"])
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The generated pictures."""
+        if self.images_u8 is None:
+            raise RuntimeError("the generation did not finish: no pictures")
+        return [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in self.images_u8]
+
+    def word_positions(self, word: str | int, image: int = 0) -> list[int]:
+        """The token positions (0..76) of a prompt word: its sub-tokens, for every occurrence of the word; or, for
+        an int, of the word with that index in `words`."""
+        self._info()
+        e = self.encodings[image]
+        words = e["words"]
+        if isinstance(word, int):
+            if not 0 <= word < len(words):
+                raise IndexError(f"word index {word} out of range: the prompt has {len(words)} words {words}")
+            indices = [word]
+        else:
+            w = word.lower().strip()
+            indices = [i for i, x in enumerate(words) if x == w or x.strip(".,;:!?\"'()") == w]
+            if not indices:
+                raise KeyError(f"{word!r} is not a word of the prompt {self.prompts[image]!r}; its words: {words}")
+        return [p for p, wi in enumerate(e["word_index"]) if wi in indices]
+
+    def token_maps(self, image: int = 0, size: tuple[int, int] | None = None, **select: Any) -> Tensor:
+        """Cross-attention map of every token position, upsampled to the image size: (77, H, W).
+
+        `select` chooses what to average: steps=, resolution= (e.g. 16 or (16, 16)), layers= (with keep=["layer"]),
+        heads= (with keep=["head"]).
+        """
+        return self.cross_attention.combined(size or self.image_size, image, **select)
+
+    def word_map(self, word: str | int, image: int = 0, size: tuple[int, int] | None = None, **select: Any) -> Tensor:
+        """Where a prompt word was attended to: the mean of its sub-tokens' maps, upsampled to the image size, (H, W).
+
+        DAAM's word map: a word split into several tokens ("cyan" -> "cy", "an") averages them, and so does a word
+        that occurs twice. Values are average attention probabilities (a uniform map would be 1/77 everywhere);
+        normalise for display (`plots` does).
+        """
+        positions = self.word_positions(word, image)
+        return self.token_maps(image, size, **select)[positions].mean(0)
+
+    def word_maps(
+        self, words: Iterable[str] | None = None, image: int = 0, size: tuple[int, int] | None = None, **select: Any
+    ) -> dict[str, Tensor]:
+        """`word_map` for several words (default every word of the prompt), in one pass: {word: (H, W)}."""
+        self._info()
+        words = list(dict.fromkeys(self.encodings[image]["words"])) if words is None else list(words)
+        maps = self.token_maps(image, size, **select)
+        return {w: maps[self.word_positions(w, image)].mean(0) for w in words}
+
+    def nbytes(self) -> int:
+        """Bytes the records hold now."""
+        n = sum(r.nbytes() for r in self.records.values())
+        return n + (self.images_u8.numel() if self.images_u8 is not None else 0)
+
+    def __repr__(self) -> str:
+        if self.info is None:
+            return f"Trace(record={list(self.record)}, no generation yet)"
+        lines = [f"Trace of {self.prompts!r}, {len(self.timesteps)} steps, {self.nbytes() / 1e6:.2f} MB"]
+        lines += [f"  {rec!r}" for rec in self.records.values()]
+        return "\n".join(lines)
+
+    # -- saving and loading --------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        self._info()
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "info": self.info,
+            "encodings": self.encodings,
+            "images": self.images_u8,
+            "keep": {k: sorted(v) for k, v in self.keep.items()},
+            "layers": self.layers,
+            "records": {k: r.state_dict() for k, r in self.records.items()},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the trace to one file (torch's zip format; plain tensors, lists and numbers only)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        """A trace saved by `save`, with every query method and plot, and no pipeline."""
+        d = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an sdviz trace")
+        if d["version"] > VERSION:
+            raise ValueError(f"{path} is an sdviz trace of format {d['version']}; this sdviz reads up to {VERSION}")
+        tr = cls(None, record=d["info"]["record"])
+        tr.info, tr.encodings, tr.images_u8, tr.layers = d["info"], d["encodings"], d["images"], d["layers"]
+        tr.keep = {k: frozenset(v) for k, v in d["keep"].items()}
+        loaders = {
+            "cross_attention": AttentionRecord,
+            "self_attention": SelfAttentionRecord,
+            "groupnorm": GroupNormRecord,
+            "time_embedding": TimeEmbeddingRecord,
+            "latents": LatentsRecord,
+        }
+        tr.records = {k: loaders[k].from_state_dict(v) for k, v in d["records"].items() if k in KINDS}
+        return tr
+
+
+def trace(
+    pipe: Any,
+    record: Iterable[str] | str | None = None,
+    layers: Filter | Mapping[str, Filter] = None,
+    steps: Any = None,
+    keep: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+    decode: bool = False,
+    max_bytes: int | float = DEFAULT_BUDGET,
+) -> Trace:
+    """Trace a generation: `with sdviz.trace(pipe, record=[...]) as tr: pipe.generate(...)`. See `Trace`."""
+    return Trace(pipe, record, layers, steps, keep, decode, max_bytes)
+
+
+def load(path: str | Path) -> Trace:
+    """Load a trace saved with `Trace.save` (no pipeline or weights needed)."""
+    return Trace.load(path)

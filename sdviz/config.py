@@ -142,12 +142,14 @@ TINY = SDConfig(
 
 # The embedded model that sdviz trains on its captioned-shapes world (sdviz/toy): 64x64 RGB images,
 # a VAE with downsampling factor 4 (4 x 16 x 16 latents), a 4-layer text encoder and a two-level UNet.
+# Sizes chosen so that training both stages takes ~40 min on 2 CPU cores (sdviz/toy/train.py); the trained
+# model's own sdviz.json carries the measured scaling factor.
 TOY = SDConfig(
     name="toy",
     clip=CLIPConfig(width=128, layers=4, heads=4),
-    vae=VAEConfig(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, groups=8, scaling_factor=1.0),
+    vae=VAEConfig(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, groups=8, scaling_factor=1.0),
     unet=UNetConfig(
-        model_channels=64,
+        model_channels=48,
         channel_mult=(1, 2),
         attention_levels=(True, True),
         num_res_blocks=1,

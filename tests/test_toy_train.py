@@ -1,0 +1,85 @@
+"""Micro training runs of the embedded-model trainer on the TINY config: learning happens, resuming is exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdviz.config import TINY
+from sdviz.toy import train as T
+
+KW = dict(config=TINY, batch_size=4, log_every=1, progress=False, threads=1, seed=3, measure_images=64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _losses(out: Path, stage: str) -> list[float]:
+    return [r["loss"] for r in T.read_log(out, stage)]
+
+
+def test_vae_loss_goes_down_and_scaling_is_measured(tmp_path: Path) -> None:
+    summary = T.train(tmp_path, stage="vae", steps=40, lr=3e-3, **KW)
+    losses = _losses(tmp_path, "vae")
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    vae = summary["vae"]
+    assert vae["finished"] and vae["scaling_factor"] > 0 and "psnr_held_out" in vae
+    assert json.loads((tmp_path / "summary.json").read_text())["vae"]["steps"] == 40
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    """A run stopped at step 6 and resumed gives the same losses, step for step, as an uninterrupted run."""
+    full, split = tmp_path / "full", tmp_path / "split"
+    T.train(full, stage="vae", steps=12, ckpt_every=5, **KW)
+    T.train(split, stage="vae", steps=12, ckpt_every=5, stop_after=6, **KW)
+    assert T.load_checkpoint(split, "vae")["step"] == 6
+    assert len(_losses(split, "vae")) == 6
+    T.train(split, stage="vae", steps=12, **KW)
+    assert _losses(split, "vae") == _losses(full, "vae")
+
+    # The UNet stage, on top of the (identical) VAEs: text encoder, EMA, caption dropout, noise, timesteps.
+    T.train(full, stage="unet", steps=10, export_model=False, **KW)
+    T.train(split, stage="unet", steps=10, stop_after=4, **KW)
+    T.train(split, stage="unet", steps=10, export_model=False, **KW)
+    assert _losses(split, "unet") == _losses(full, "unet")
+    a, b = T.load_checkpoint(full, "unet"), T.load_checkpoint(split, "unet")
+    for key, value in a["ema"]["unet"].items():
+        assert torch.equal(value, b["ema"]["unet"][key]), key
+
+
+def test_unet_learns_and_exports_a_loadable_model(tmp_path: Path) -> None:
+    from sdviz.pipeline import load_pipeline
+
+    T.train(tmp_path, stage="vae", steps=5, **KW)
+    T.train(tmp_path, stage="unet", steps=60, lr=3e-3, stop_after=1, **KW)
+    before = T.noise_prediction_loss(T.load_trained(tmp_path, ema=False), n=32)
+    summary = T.train(tmp_path, stage="unet", steps=60, lr=3e-3, **KW)
+    after = T.noise_prediction_loss(T.load_trained(tmp_path, ema=False), n=32)
+    assert after < 0.85 * before  # on fixed held-out scenes, timesteps and noise
+    pipe = load_pipeline(summary["model"])
+    assert pipe.config.vae.scaling_factor == pytest.approx(summary["unet"]["scaling_factor"])
+    image = pipe.generate("a red circle on the left", steps=2, cfg_scale=3.0, seed=0, progress=False).image
+    assert image.size == (64, 64)
+    fig = T.plot_losses(tmp_path)
+    assert len(fig.axes) >= 2
+
+
+def test_unet_stage_needs_a_trained_vae(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        T.train(tmp_path, stage="unet", steps=2, **KW)
+
+
+def test_lr_schedule() -> None:
+    s = T.StageSettings(steps=100, batch_size=1, lr=1.0, warmup=10, final_lr_ratio=0.1)
+    assert T.lr_at(5, s) == pytest.approx(0.5)
+    assert T.lr_at(10, s) == pytest.approx(1.0)
+    assert T.lr_at(100, s) == pytest.approx(0.1)
+    assert all(T.lr_at(i, s) >= T.lr_at(i + 1, s) for i in range(10, 100))

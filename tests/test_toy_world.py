@@ -1,0 +1,190 @@
+"""The captioned-shapes world and its judge: determinism, masks, captions, held-out splits, judging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdviz.toy import judge as J
+from sdviz.toy import world as W
+
+
+def test_same_seed_same_scene() -> None:
+    a, b, c = W.sample_scene(7), W.sample_scene(7), W.sample_scene(8)
+    assert a.caption == b.caption and np.array_equal(a.image, b.image)
+    assert a.caption != c.caption or not np.array_equal(a.image, c.image)
+    x1, c1 = W.batch(16, np.random.default_rng(3))
+    x2, c2 = W.batch(16, 3)
+    assert c1 == c2 and torch.equal(x1, x2)
+    s1, s2 = (
+        W.scene_from_spec("a red circle above a blue square", 5),
+        W.scene_from_spec("a red circle above a blue square", 5),
+    )
+    assert np.array_equal(s1.image, s2.image)
+
+
+def test_batch_format() -> None:
+    x, captions = W.batch(32, 0)
+    assert x.shape == (32, 3, 64, 64) and x.dtype == torch.float32
+    assert -1.0 <= x.min() and x.max() <= 1.0
+    assert len(captions) == 32 and all(isinstance(c, str) for c in captions)
+    item, caption = W.ShapesDataset(4, seed=1)[2]
+    assert item.shape == (3, 64, 64) and caption
+
+
+def test_masks_match_drawn_pixels() -> None:
+    bg = np.array(W.BACKGROUND, dtype=np.float32)
+    for scene in W.sample_scenes(0, 100, split="all"):
+        img = scene.image.astype(np.float32)
+        anywhere = np.zeros(img.shape[:2], dtype=bool)
+        for o in scene.objects:
+            colour = np.array(W.PALETTE[o.colour], dtype=np.float32)
+            m = o.mask
+            assert m.sum() > 80
+            # Inside the mask (coverage >= 1/2) a pixel is nearer the object's colour than the background.
+            d_obj = np.linalg.norm(img[m] - colour, axis=-1)
+            d_bg = np.linalg.norm(img[m] - bg, axis=-1)
+            assert (d_obj <= d_bg + 2).all()
+            # One pixel in from the edge it is exactly the object's colour.
+            inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+            assert (np.abs(img[1:-1, 1:-1][inner] - colour) <= 1).all()
+            # The mask's centroid is where the object was placed, and the caption words name it.
+            ys, xs = np.nonzero(m)
+            assert abs(xs.mean() + 0.5 - o.centre[0]) < 1.0 and abs(ys.mean() + 0.5 - o.centre[1]) < 1.0
+            words = scene.caption.split()
+            assert words[o.words["colour"]] == o.colour and words[o.words["shape"]] == o.shape
+            if "size" in o.words:
+                assert words[o.words["size"]] == o.size
+            assert not (anywhere & m).any(), "objects overlap"
+            anywhere |= m
+        # Outside every mask (coverage < 1/2): near an object, nearer the background than the object's colour;
+        # further away, exactly the background.
+        near = np.zeros_like(anywhere)
+        for o in scene.objects:
+            grown = o.mask.copy()
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    grown |= np.roll(o.mask, (dy, dx), (0, 1))
+            edge = grown & ~anywhere
+            colour = np.array(W.PALETTE[o.colour], dtype=np.float32)
+            assert (np.linalg.norm(img[edge] - bg, axis=-1) <= np.linalg.norm(img[edge] - colour, axis=-1) + 2).all()
+            near |= grown
+        assert (img[~near] == bg).all()
+
+
+def test_captions_parse_back_to_their_spec() -> None:
+    for scene in W.sample_scenes(1, 300, split="all"):
+        assert W.parse_caption(scene.caption) == scene.spec
+        assert scene.spec.caption() == scene.caption
+    spec = W.parse_caption("A blue square, above an yellow triangle.")
+    assert [(o.colour, o.shape, o.size) for o in spec.objects] == [
+        ("blue", "square", None),
+        ("yellow", "triangle", None),
+    ]
+    assert spec.relation == "above"
+    assert W.parse_caption("a large green circle in the center").position == "centre"
+    assert W.parse_caption("a cyan circle to the right of a red square").relation == "right of"
+    with pytest.raises(ValueError):
+        W.parse_caption("a circle")
+    with pytest.raises(ValueError):
+        W.SceneSpec((W.ObjectSpec("red", "circle"), W.ObjectSpec("red", "square")), relation="above")
+
+
+def test_scene_from_spec_draws_what_was_asked() -> None:
+    for spec in W.all_specs()[::37]:
+        scene = W.scene_from_spec(spec, seed=0)
+        assert scene.spec == spec
+        assert [(o.colour, o.shape, o.size) for o in scene.objects] == [
+            (o.colour, o.shape, o.size) for o in spec.objects
+        ]
+        assert J.judge(scene.image, spec).correct
+
+
+def test_held_out_never_in_training() -> None:
+    assert len(W.train_specs()) == 3606 and len(W.held_out_specs()) == 894
+    assert all(not W.is_held_out(s) for s in W.train_specs())
+    rng = np.random.default_rng(0)
+    captions = [c for _ in range(8) for c in W.batch(500, rng)[1]]
+    assert not any(W.is_held_out(c) for c in captions)
+    specs = [W.parse_caption(c) for c in captions]
+    singles = {(s.objects[0].colour, s.objects[0].shape) for s in specs if len(s.objects) == 1}
+    in_pairs = {(o.colour, o.shape) for s in specs if len(s.objects) == 2 for o in s.objects}
+    assert singles.isdisjoint(W.HELD_OUT_SINGLE) and W.HELD_OUT_SINGLE <= in_pairs  # seen only beside another
+    held = W.sample_scenes(0, 200, split="held_out")
+    assert all(W.is_held_out(s.spec) for s in held)
+    assert W.is_held_out("a small purple triangle at the top")
+    assert W.is_held_out("a blue circle below a red square")
+    assert not W.is_held_out("a purple triangle above a red square")
+
+
+def test_held_out_prompts_are_fixed() -> None:
+    prompts = W.held_out_prompts(100, seed=0)
+    assert prompts == W.held_out_prompts(100, seed=0)
+    assert len(prompts) == 100 and len({p for p in prompts}) > 90
+    assert all(W.is_held_out(p) for p, _ in prompts)
+    assert sum(len(W.parse_caption(p).objects) == 1 for p, _ in prompts) == 50
+
+
+def test_judge_scores_ground_truth_correct() -> None:
+    scenes = W.sample_scenes(2, 300, split="all")
+    rates = J.summarise(J.judge(s.image, s.caption) for s in scenes)
+    for key in ("colour", "shape", "position", "size"):
+        assert rates[key] >= 0.98, rates
+
+
+def test_judge_survives_blur_and_noise() -> None:
+    """Generated images are never crisp: a blurred, noisy version of a scene must still be judged right."""
+    rng = np.random.default_rng(0)
+    verdicts = []
+    for s in W.sample_scenes(3, 100, split="all"):
+        x = s.image.astype(np.float32)
+        x = (x + np.roll(x, 1, 0) + np.roll(x, -1, 0) + np.roll(x, 1, 1) + np.roll(x, -1, 1)) / 5  # box-ish blur
+        x = np.clip(x + rng.normal(0, 12, x.shape), 0, 255).astype(np.uint8)
+        verdicts.append(J.judge(x, s.caption))
+    rates = J.summarise(verdicts)
+    assert rates["colour"] >= 0.98 and rates["shape"] >= 0.9 and rates["position"] >= 0.98, rates
+
+
+def test_judge_rejects_wrong_prompts() -> None:
+    image = W.scene_from_spec("a large red circle on the left", seed=0).image
+    v = J.judge(image, "a blue square on the left")
+    assert not v.objects[0].colour_ok and not v.objects[0].shape_ok and not v.correct
+    v = J.judge(image, "a red square on the left")
+    assert v.objects[0].colour_ok and not v.objects[0].shape_ok
+    v = J.judge(image, "a large red circle on the right")
+    assert v.objects[0].colour_ok and v.objects[0].shape_ok and v.objects[0].position_ok is False
+    v = J.judge(image, "a small red circle on the left")
+    assert v.objects[0].size_ok is False and v.correct
+    pair = W.scene_from_spec("a green triangle above a yellow circle", seed=1).image
+    assert J.judge(pair, "a green triangle above a yellow circle").correct
+    v = J.judge(pair, "a green triangle below a yellow circle")
+    assert not v.correct and v.objects[0].position_ok is False and v.objects[1].position_ok is False
+    assert J.judge(pair, "a yellow circle above a green triangle").objects[0].position_ok is False
+    # A blank image has nothing in it.
+    blank = np.full((64, 64, 3), W.BACKGROUND, dtype=np.uint8)
+    assert J.summarise([J.judge(blank, "a red circle on the left")])["colour"] == 0.0
+
+
+def test_segment_and_input_formats() -> None:
+    scene = W.scene_from_spec("a large purple square to the left of a small cyan triangle", seed=2)
+    mask = J.segment(scene.image, "purple")
+    truth = scene.objects[0].mask
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.9
+    assert not J.segment(scene.image, "red").any()
+    x = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W) in [-1, 1]
+    assert np.array_equal(J.to_uint8(x), scene.image)
+    assert np.array_equal(J.to_uint8(scene.pil()), scene.image)
+    # A 128x128 version is judged like the 64x64 one.
+    big = np.asarray(scene.pil().resize((128, 128)))
+    assert J.judge(big, scene.caption).correct
+
+
+def test_batch_is_fast() -> None:
+    import time
+
+    rng = np.random.default_rng(0)
+    W.batch(64, rng)
+    t = time.perf_counter()
+    W.batch(512, rng)
+    assert time.perf_counter() - t < 2.0  # ~0.2 s on a busy laptop core: thousands of scenes per second

@@ -561,24 +561,28 @@ def _unet(depth: int, config: str) -> Chart:
         )
         return nid
 
+    def summary(item, label: str) -> str:
+        """Depth 1: a whole down/up block as one node, with its channels in and out."""
+        nid = dg._id("b")
+        d.node(
+            nid,
+            label=HTML(
+                f"<B>{esc(label)}</B><BR/>"
+                f'<FONT COLOR="{STYLE["shape"]["font"]}"><I>{esc(_channels(item.shape_in))} → '
+                f"{esc(_channels(item.shape_out))}</I></FONT>"
+            ),
+            fillcolor=BLOCK["fill"],
+            color=BLOCK["line"],
+        )
+        return nid
+
     conv_in = simple(by["conv_in"], "conv_in")
     dg.edge(x_in, conv_in, dg.calls["unet.conv_in"][0][0][0])
     prev, prev_out = conv_in, by["conv_in"].shape_out
     down_nodes = []
     for item, label in downs_drawn:
         if depth == 1:
-            nid = dg._id("b")
-            d.node(
-                nid,
-                label=HTML(
-                    f"<B>{esc(label)}</B><BR/>"
-                    f'<FONT COLOR="{STYLE["shape"]["font"]}"><I>{esc(_channels(item.shape_in))} → '
-                    f"{esc(_channels(item.shape_out))}</I></FONT>"
-                ),
-                fillcolor=BLOCK["fill"],
-                color=BLOCK["line"],
-            )
-            a = b = nid
+            a = b = summary(item, label)
         else:
             a, b = block(item, label)
         dg.edge(prev, a, prev_out)
@@ -591,18 +595,7 @@ def _unet(depth: int, config: str) -> Chart:
     up_nodes = []
     for item, label in ups_drawn:
         if depth == 1:
-            nid = dg._id("b")
-            d.node(
-                nid,
-                label=HTML(
-                    f"<B>{esc(label)}</B><BR/>"
-                    f'<FONT COLOR="{STYLE["shape"]["font"]}"><I>{esc(_channels(item.shape_in))} → '
-                    f"{esc(_channels(item.shape_out))}</I></FONT>"
-                ),
-                fillcolor=BLOCK["fill"],
-                color=BLOCK["line"],
-            )
-            a = b = nid
+            a = b = summary(item, label)
         else:
             a, b = block(item, label, upward=True)
         # the up path climbs: written as a reversed edge so that Graphviz ranks it upwards

@@ -122,6 +122,70 @@ def evaluate(
     return report
 
 
+# The precision at which the model card states each metric (and at which tests/test_embedded_model.py checks it).
+CARD_DIGITS = {"colour": 2, "shape": 2, "position": 2, "size": 2, "correct": 2, "vae_psnr": 1}
+
+
+def card_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The evaluation's rates, rounded to the precision the model card states."""
+    return {k: round(float(report["rates"][k]), d) for k, d in CARD_DIGITS.items() if k in report["rates"]}
+
+
+def write_card(model_dir: str | Path, report: dict[str, Any], training: dict[str, Any] | None = None) -> None:
+    """Put the evaluation (and the training summary) into the model's `sdviz.json` card and write a readable
+    `MODEL_CARD.md` beside it, both from the same numbers."""
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "sdviz.json").read_text())
+    card = meta.setdefault("card", {})
+    if training is not None:
+        card["training"] = training
+    card["evaluation"] = {"metrics": card_metrics(report), "targets": TARGETS, "settings": report["settings"]}
+    (model_dir / "sdviz.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    cfg, m, settings = meta["config"], card["evaluation"]["metrics"], report["settings"]
+    summary = card.get("summary", {})
+    vae, unet = summary.get("vae", {}), summary.get("unet", {})
+    lines = [
+        "# sdviz's embedded model",
+        "",
+        "A miniature Stable Diffusion (same classes as SD 1.5, smaller config) that sdviz trained itself on its",
+        "captioned-shapes world (`sdviz/toy/world.py`). Written by `sdviz.toy.evaluate.write_card`; do not edit.",
+        "",
+        "## Architecture",
+        "",
+        f"- text encoder: CLIP, width {cfg['clip']['width']}, {cfg['clip']['layers']} layers, "
+        f"{cfg['clip']['heads']} heads, the real CLIP tokenizer and vocabulary",
+        f"- VAE: base channels {cfg['vae']['base_channels']}, multipliers {cfg['vae']['channel_mult']}, "
+        f"64x64x3 <-> {cfg['vae']['latent_channels']}x16x16, scaling factor {cfg['vae']['scaling_factor']:.5f}",
+        f"- UNet: model channels {cfg['unet']['model_channels']}, multipliers {cfg['unet']['channel_mult']}, "
+        f"{cfg['unet']['num_heads']} heads, cross-attention on the {cfg['unet']['context_dim']}-d context",
+        "",
+        "## Data",
+        "",
+        "64x64 scenes of one or two flat-coloured shapes drawn fresh for every batch. Never shown in training:",
+        f"single {', '.join(card.get('held_out_single', []))}; pairs {', '.join(card.get('held_out_pairs', []))}.",
+        "",
+        "## Training",
+        "",
+        f"- stage 1, VAE: {vae.get('steps', '?')} steps, {vae.get('seconds', 0) / 60:.1f} min",
+        f"- stage 2, UNet + text encoder: {unet.get('steps', '?')} steps, {unet.get('seconds', 0) / 60:.1f} min",
+    ]
+    if training:
+        lines += [f"- {k}: {v}" for k, v in training.items()]
+    lines += [
+        "",
+        f"## Evaluation ({settings['n']} held-out prompt/seed pairs, {settings['steps']} {settings['sampler']} "
+        f"steps, cfg {settings['cfg_scale']})",
+        "",
+        "| metric | value | goal |",
+        "|---|---|---|",
+    ]
+    for k, v in m.items():
+        goal = TARGETS.get(k)
+        lines.append(f"| {k} | {v} | {'>= ' + str(goal) if goal is not None else ''} |")
+    (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`sdviz evaluate [MODEL] [--n 100] [--steps 50] [--cfg 5] [--sampler ddim] [--out DIR]`"""
     p = argparse.ArgumentParser(prog="sdviz evaluate", description="Judge the toy model on held-out prompts.")
@@ -132,9 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--out", default=None)
+    p.add_argument("--write-card", action="store_true", help="store the metrics in the model's card")
     a = p.parse_args(argv)
     report = evaluate(a.model, a.n, a.seed, a.steps, a.cfg, a.sampler, a.out)
     print(json.dumps({k: report[k] for k in ("rates", "passed", "seconds_per_image")}, indent=2))
+    if a.write_card:
+        from sdviz.pipeline import EMBEDDED_MODEL
+
+        write_card(a.model or EMBEDDED_MODEL, report)
     return 0 if all(report["passed"].values()) else 1
 
 

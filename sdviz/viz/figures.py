@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 PROMPT = "a large red circle above a small blue square"
+IMG2IMG_PROMPT = "a large green triangle above a small yellow circle"
 SEED = 1
 SETTINGS = {"steps": 50, "cfg_scale": 5.0, "sampler": "ddim"}  # the embedded model's evaluation settings
 
@@ -28,8 +29,11 @@ def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int 
     pipe = load_pipeline() if pipe is None else pipe
     settings = {**SETTINGS, "steps": steps}
     with trace(pipe, keep=["step"]) as tr:
-        pipe.generate(prompt, seed=seed, progress=False, **settings)
+        picture = pipe.generate(prompt, seed=seed, progress=False, **settings).image
+    sampling = {k: v for k, v in settings.items() if k != "cfg_scale"}
     return {
+        "guidance.png": plots.guidance_figure(pipe, prompt, seed=seed, **sampling),
+        "img2img_strength.png": plots.strength_figure(pipe, picture, IMG2IMG_PROMPT, seed=seed, **settings),
         "noise_schedule.png": plots.noise_schedule_figure(pipe, tr.timesteps),
         "time_embedding.png": plots.time_embedding_figure(pipe),
         "attention_words.png": plots.attention_overlay(tr),

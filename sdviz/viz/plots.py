@@ -343,3 +343,31 @@ def self_attention_figure(
         _off(ax)
     fig.suptitle(f"self-attention: {_short(key.removesuffix('.hook_probs'))}", fontsize=10)
     return fig
+
+
+def picture_row(images: Sequence[Any], titles: Sequence[str], suptitle: str = "") -> Figure:
+    """Pictures side by side with a title each: a sweep of one setting (guidance scale, strength, seed)."""
+    fig = Figure(figsize=(1.9 * len(images), 2.3), layout="constrained")
+    axes = fig.subplots(1, len(images), squeeze=False)[0]
+    for ax, im, title in zip(axes, images, titles, strict=True):
+        ax.imshow(np.asarray(im), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        _off(ax)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return fig
+
+
+def guidance_figure(pipe: Any, prompt: str, seed: int = 0, scales: Sequence[float] = (1, 2, 5, 9), **kw: Any) -> Figure:
+    """Classifier-free guidance: the same seed at several `cfg_scale`s (1 = the conditional prediction alone)."""
+    images = [pipe.generate(prompt, seed=seed, cfg_scale=s, progress=False, **kw).image for s in scales]
+    return picture_row(images, [f"cfg {s:g}" for s in scales], f"guidance: {prompt!r}, seed {seed}")
+
+
+def strength_figure(
+    pipe: Any, image: Any, prompt: str, seed: int = 0, strengths: Sequence[float] = (0.2, 0.4, 0.6, 0.8, 1.0), **kw: Any
+) -> Figure:
+    """Image-to-image: the input picture, then the result at growing `strength` ("more noise, more freedom")."""
+    images = [image] + [pipe.generate(prompt, image=image, strength=s, seed=seed, progress=False, **kw).image
+                        for s in strengths]  # fmt: skip
+    return picture_row(images, ["input"] + [f"strength {s:g}" for s in strengths], f"image-to-image: {prompt!r}")

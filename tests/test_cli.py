@@ -87,3 +87,10 @@ def test_bad_input_is_one_line_and_writes_nothing(weights, tmp_path, image_file,
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.png", "small.png"])  # nothing written
+
+
+def test_demo_writes_a_picture_with_the_embedded_model(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    assert Image.open(out).size == (64, 64)
+    assert str(out) in capsys.readouterr().out

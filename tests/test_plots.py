@@ -4,6 +4,7 @@ live trace and from a saved one; the README figures are byte-for-byte reproducib
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +12,10 @@ import torch
 from matplotlib.figure import Figure
 
 from sdviz.config import SD15
-from sdviz.pipeline import EMBEDDED_MODEL, StableDiffusion, load_pipeline
+from sdviz.pipeline import StableDiffusion, load_pipeline
 from sdviz.trace import load, trace
 from sdviz.viz import figures, plots
 from sdviz.weights import build_models
-
-# TODO(lead): remove this guard once the trained embedded model (sdviz/toy/model) is committed.
-needs_embedded = pytest.mark.skipif(
-    not (EMBEDDED_MODEL / "sdviz.json").is_file(),
-    reason="the embedded model is not trained yet: remove this guard once sdviz/toy/model is committed",
-)
 
 
 def _sd15_small() -> StableDiffusion:
@@ -37,7 +32,7 @@ CASES = {
 
 @pytest.fixture(
     scope="module",
-    params=[pytest.param("embedded", marks=needs_embedded), "sd15-random-64px"],
+    params=["embedded", "sd15-random-64px"],
 )
 def traced(request):
     factory, settings = CASES[request.param]
@@ -111,18 +106,22 @@ def test_the_grid_has_one_row_per_step_and_needs_per_step_maps(traced):
         plots.attention_grid(summed)
 
 
-@needs_embedded
-def test_readme_figures_are_reproducible(tmp_path):
-    pipe = load_pipeline()
-    a = figures.write_readme_figures(tmp_path / "a", pipe, steps=4)
-    b = figures.write_readme_figures(tmp_path / "b", pipe, steps=4)
-    assert [p.name for p in a] == [
-        "noise_schedule.png",
-        "time_embedding.png",
-        "attention_words.png",
-        "attention_steps.png",
-        "denoising_strip.png",
-        "groupnorm.png",
-    ]
-    for x, y in zip(a, b, strict=True):
-        assert x.read_bytes() == y.read_bytes(), x.name
+def test_readme_figures_are_what_the_code_draws(tmp_path):
+    """The committed readme-images/ are exactly what `sdviz figures` draws now (regenerate them if this fails)."""
+    written = figures.write_readme_figures(tmp_path)
+    assert sorted(p.name for p in written) == sorted(
+        [
+            "noise_schedule.png",
+            "time_embedding.png",
+            "attention_words.png",
+            "attention_steps.png",
+            "denoising_strip.png",
+            "groupnorm.png",
+            "guidance.png",
+            "img2img_strength.png",
+            "training_losses.png",
+        ]
+    )
+    committed = Path(__file__).parents[1] / "readme-images"
+    for path in written:
+        assert (committed / path.name).read_bytes() == path.read_bytes(), f"{path.name} is stale: run `sdviz figures`"

@@ -619,12 +619,13 @@ def train(
 
 def plot_losses(out_dir: str | Path, smooth: float = 0.9):
     """A matplotlib Figure of the training losses of both stages (raw rows faint, exponentially smoothed bold)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global state, any backend
 
     out_dir = Path(out_dir)
     logs = {name: read_log(out_dir, name) for name in STAGES}
     logs = {k: v for k, v in logs.items() if v}
-    fig, axes = plt.subplots(1, max(len(logs), 1), figsize=(5.5 * max(len(logs), 1), 3.8), squeeze=False)
+    fig = Figure(figsize=(5.5 * max(len(logs), 1), 3.8))
+    axes = fig.subplots(1, max(len(logs), 1), squeeze=False)
     titles = {"vae": "stage 1: VAE (L1 + KL)", "unet": "stage 2: UNet + text encoder (Min-SNR noise loss)"}
     for ax, (name, rows) in zip(axes[0], logs.items(), strict=False):
         steps = [r["step"] for r in rows]

@@ -50,10 +50,19 @@ def save(fig: Any, path: Path, dpi: int = 100) -> Path:
 
 
 def write_readme_figures(out_dir: str | Path = "readme-images", pipe: Any = None, steps: int = SETTINGS["steps"]):
-    """Render the README figures into `out_dir` (created if needed); returns the paths written."""
+    """Render the README figures into `out_dir` (created if needed); returns the paths written.
+
+    With the embedded model (pipe=None), also its training losses, from the logs shipped beside its weights.
+    """
+    from sdviz.pipeline import EMBEDDED_MODEL
+    from sdviz.toy.train import plot_losses
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [save(fig, out / name) for name, fig in render(pipe, steps=steps).items()]
+    figures = render(pipe, steps=steps)
+    if pipe is None and (EMBEDDED_MODEL / "log_unet.csv").is_file():
+        figures["training_losses.png"] = plot_losses(EMBEDDED_MODEL)
+    return [save(fig, out / name) for name, fig in figures.items()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     from sdviz.pipeline import load_pipeline
 
-    for path in write_readme_figures(a.out, load_pipeline(a.weights), a.steps):
+    pipe = load_pipeline(a.weights) if a.weights else None  # None: the embedded model, with its training losses
+    for path in write_readme_figures(a.out, pipe, a.steps):
         print(path)
     return 0
 

@@ -177,11 +177,13 @@ class StableDiffusion:
     @torch.no_grad()
     def encode_images(self, x: Tensor, generators: list[torch.Generator] | None = None) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), sampled from the posterior if
-        generators are given (one per image), else its mean."""
+        generators are given (one per image; a single image is then sampled once per generator), else its mean."""
         x = x.to(self.device, self.dtype)
         moments = [self.vae.encode(x[c]) for c in self._chunks(len(x))]  # (B, 3, H, W) -> 2 x (B, 4, h, w)
         mean, logvar = torch.cat([m for m, _ in moments]), torch.cat([lv for _, lv in moments])
         if generators is not None:
+            if len(mean) == 1:  # one picture for a whole batch: encoded once, sampled once per image
+                mean, logvar = mean.expand(len(generators), -1, -1, -1), logvar.expand(len(generators), -1, -1, -1)
             eps = torch.cat([torch.randn(m.shape, generator=g) for m, g in zip(mean.split(1), generators, strict=True)])
             mean = mean + torch.exp(0.5 * logvar) * eps.to(mean)  # reparameterisation: z = mu + sigma * eps
         return mean * self.config.vae.scaling_factor
@@ -270,7 +272,7 @@ class StableDiffusion:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         known = None
         if x_image is not None:  # image-to-image: encode (a posterior sample, first draw of each image's generator)
-            known = self.encode_images(x_image.expand(b, -1, -1, -1), generators)  # (B, 4, h, w)
+            known = self.encode_images(x_image, generators)  # (1, 3, H, W) -> (B, 4, h, w)
         noise = self._randn(shape, generators) if latents is None else latents.to(self.device, self.dtype)
         if known is None:
             x = noise * sampler.init_noise_sigma  # text-to-image: pure noise

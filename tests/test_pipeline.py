@@ -50,6 +50,13 @@ def test_a_seed_gives_the_same_image_at_any_batch_position(pipe, sampler):
     assert not torch.equal(alone.latents, other.latents)
 
 
+def test_image_to_image_batch_position(pipe):
+    image = picture()
+    alone = gen(pipe, "a red circle", image=image, strength=0.6, seed=11, sampler="ddpm")
+    batch = gen(pipe, ["a green square", "a red circle"], image=image, strength=0.6, seed=[5, 11], sampler="ddpm")
+    assert torch.equal(alone.latents[0], batch.latents[1])
+
+
 def test_guidance_scale_changes_the_result_and_one_disables_it(pipe):
     a = gen(pipe, seed=1, cfg_scale=7.5)
     b = gen(pipe, seed=1, cfg_scale=1.0)

@@ -1,6 +1,6 @@
 """Writing Graphviz DOT text, deterministically, and rendering it with the `dot` program.
 
-Graphviz (https://graphviz.org) lays out a graph described in its DOT language. A flowchart here is written as
+Graphviz (graphviz.org) lays out a graph described in its DOT language. A flowchart here is written as
 DOT text by a small writer (`Dot`), so that the same code always gives the same bytes: node names come from
 function names and statement positions, attributes are written in a fixed order, and nothing depends on memory
 addresses, timing or the machine. The `.dot` files in `flowcharts/` are therefore checked by a test: regenerate
@@ -19,7 +19,7 @@ from pathlib import Path
 
 INSTALL_HINT = (
     "Graphviz's `dot` executable was not found: install Graphviz (apt-get install graphviz, brew install graphviz, "
-    "conda install graphviz, or https://graphviz.org/download/)"
+    "conda install graphviz, or see graphviz.org/download)"
 )
 
 

@@ -20,11 +20,11 @@ import argparse
 import statistics
 import time
 
+import sdviz.trace
 import torch
 
-import sdviz.trace
 from sdviz.config import SD15, TOY
-from sdviz.models.common import HookPoint
+from sdviz.hooks import HookPoint
 
 PROMPT = "a large red circle above a small blue square"
 MODES = {

@@ -22,11 +22,13 @@ batch of 3 can differ from a batch of 1 in the last bit; run alone, each picture
 
 from __future__ import annotations
 
+import numbers
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,7 +36,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sdviz.samplers import SAMPLERS, Sampler, get_sampler
+from sdviz.samplers import Sampler, get_sampler
 from sdviz.tokenizer import Tokenizer
 from sdviz.weights import Models, load_models
 
@@ -56,7 +58,7 @@ class GenerationResult:
 
 @dataclass
 class StepInfo:
-    """Everything one denoising step computed; handed to observers (the trace) after the step."""
+    """Everything one denoising step computed; handed to observers (the trace, a live preview) after the step."""
 
     index: int  # 0 .. len(timesteps) - 1
     t: int  # the timestep
@@ -64,7 +66,7 @@ class StepInfo:
     eps_cond: Tensor  # the UNet's noise prediction given the prompt
     eps_uncond: Tensor | None  # given the negative/empty prompt (None without guidance)
     eps: Tensor  # the guided prediction the sampler used
-    x0: Tensor  # the clean latents this prediction implies
+    x0: Tensor  # the clean latents this prediction implies (the sampler's `pred_original_sample`)
     next_latents: Tensor  # x_{t-1}, after inpainting's re-imposition
 
 
@@ -80,7 +82,51 @@ class GenerationInfo:
     cfg_scale: float
     sampler: str
     seeds: list[int]
+    # The UNet calls of one step, in order: the images (batch rows) each call holds. With guidance a call's UNet
+    # batch is [uncond rows; cond rows] of those images. On the CPU one call per image (see `batch_invariant`).
+    unet_calls: list[slice] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale > 1.0
+
+
+class Observer(Protocol):
+    """What the pipeline tells an observer (`pipe.observe(obs)`; `sdviz.trace` is one): three events per generation.
+
+    `on_start` before the first step, `on_step` after every step with what it computed, `on_end` with the result.
+    """
+
+    def on_start(self, pipe: StableDiffusion, info: GenerationInfo) -> None: ...
+
+    def on_step(self, pipe: StableDiffusion, step: StepInfo) -> None: ...
+
+    def on_end(self, pipe: StableDiffusion, result: GenerationResult) -> None: ...
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    """Any integral number (int, numpy integer; not bool) >= minimum, as a Python int; else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _strings(name: str, value: Any) -> list[str]:
+    """A string or a non-empty sequence of strings -> a list; anything else is a one-line TypeError."""
+    values = [value] if isinstance(value, str) else value
+    if isinstance(values, Sequence) and values and all(isinstance(v, str) for v in values):
+        return list(values)
+    raise TypeError(f"{name} must be a string or a non-empty list of strings, got {value!r}")
+
+
+def _alias(name: str, value: Any, default: Any, alias: str, alias_value: Any) -> Any:
+    """diffusers' parameter names are accepted beside sdviz's: `guidance_scale` for `cfg_scale`, ..."""
+    if alias_value is None:
+        return value
+    if value != default:
+        raise ValueError(f"{name} and {alias} are the same setting; give one")
+    return alias_value
 
 
 def _check_size(name: str, value: int, multiple: int) -> int:
@@ -144,15 +190,18 @@ class StableDiffusion:
         self.text_encoder = models.text_encoder.to(self.device, dtype).eval().requires_grad_(False)
         self.vae = models.vae.to(self.device, dtype).eval().requires_grad_(False)
         self.unet = models.unet.to(self.device, dtype).eval().requires_grad_(False)
-        self.observers: list[Any] = []  # objects with on_start / on_step / on_end (sdviz.trace attaches here)
+        self.observers: list[Observer] = []  # told on_start / on_step / on_end (see `observe`)
         # run the networks one image at a time, so that results do not depend on the batch (see module docstring)
         self.batch_invariant = self.device.type == "cpu"
 
-    @classmethod
-    def from_weights(
-        cls, path: str | Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-    ) -> StableDiffusion:
-        return load_pipeline(path, device=device, dtype=dtype)
+    @contextmanager
+    def observe(self, observer: Observer) -> Iterator[Observer]:
+        """Tell `observer` about every generation inside the `with` block; it is removed on exit, also on error."""
+        self.observers.append(observer)
+        try:
+            yield observer
+        finally:
+            self.observers[:] = [o for o in self.observers if o is not observer]
 
     @property
     def models(self) -> Models:
@@ -200,7 +249,7 @@ class StableDiffusion:
     def generate(
         self,
         prompt: str | Sequence[str],
-        negative_prompt: str | Sequence[str] = "",
+        negative_prompt: str | Sequence[str] | None = "",
         image: Image.Image | Tensor | None = None,
         mask: Image.Image | Tensor | None = None,
         strength: float = 0.8,
@@ -211,30 +260,38 @@ class StableDiffusion:
         height: int | None = None,
         width: int | None = None,
         latents: Tensor | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         progress: bool = True,
+        on_step: Callable[[StepInfo], None] | None = None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
     ) -> GenerationResult:
         """Generate images.
 
         Args:
             prompt: one prompt or a list (one image each).
-            negative_prompt: what guidance steers away from ("" = unconditional); one, or one per prompt.
+            negative_prompt: what guidance steers away from ("" or None = unconditional); one, or one per prompt.
             image: start from this picture (image-to-image); any PIL mode is converted to RGB and resized.
             mask: with `image`, inpaint: white pixels are repainted, black ones kept. Same size as `image`.
             strength: image-to-image only: how much noise to add to the image, 0 (none) .. 1 (all of it).
             cfg_scale: classifier-free guidance weight; 1 or less disables guidance (one UNet pass per step).
-            steps: number of denoising steps (before `strength` shortens them).
+                diffusers calls it `guidance_scale`, which is accepted too.
+            steps: number of denoising steps (before `strength` shortens them); diffusers' `num_inference_steps`.
             sampler: "ddpm", "ddim", "euler", "euler_a", or a Sampler instance.
-            seed: an int (image i uses seed + i), a list of ints, or None for a random one.
+            seed: an int (image i uses seed + i), a list of ints, or None for a random one. Any integral number
+                (a numpy integer too) is accepted.
             height, width: in pixels, multiples of 8; default the model's image size (or the input image's).
             latents: initial noise (B, 4, h, w) to use instead of drawing it from the seed (text-to-image).
-            eta: DDIM's stochasticity (0 = deterministic).
+            eta: DDIM's stochasticity (0 = deterministic); only the "ddim" sampler has it.
             progress: show a tqdm progress bar.
+            on_step: called with each step's `StepInfo` after the step (e.g. a live preview).
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a string or a non-empty list of strings")
-        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        cfg_scale = _alias("cfg_scale", cfg_scale, 7.5, "guidance_scale", guidance_scale)
+        steps = _alias("steps", steps, 50, "num_inference_steps", num_inference_steps)
+        prompts = _strings("prompt", prompt)
+        negative_prompt = "" if negative_prompt is None else negative_prompt
+        negatives = _strings("negative_prompt", negative_prompt)
+        negatives = negatives * len(prompts) if isinstance(negative_prompt, str) else negatives
         if len(negatives) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts; give one or one each")
         b = len(prompts)
@@ -244,16 +301,15 @@ class StableDiffusion:
             width, height = image.size
         height = _check_size("height", default if height is None else height, max(8, factor))
         width = _check_size("width", default if width is None else width, max(8, factor))
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        steps = _integer("steps", steps, minimum=1)
         if image is not None and not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be between 0 and 1, got {strength!r}")
         if mask is not None and image is None:
             raise ValueError("a mask needs an image to inpaint (image=...)")
         if isinstance(sampler, str):
-            if sampler not in SAMPLERS:
-                raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-            sampler = get_sampler(sampler, self.config.schedule, **({"eta": eta} if sampler == "ddim" else {}))
+            sampler = get_sampler(sampler, self.config.schedule, **({} if eta is None else {"eta": eta}))
+        elif eta is not None:
+            raise ValueError("eta is an option of the sampler: pass it when you build the sampler instance")
         seeds = self._seeds(seed, b)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         x_image = image_to_tensor(image, height, width) if image is not None else None  # (1, 3, H, W)
@@ -279,35 +335,38 @@ class StableDiffusion:
         else:
             x = sampler.add_noise(known, noise, timesteps[0]) if timesteps else known  # q(x_t | x_0), DDPM eq. 4
 
-        info = GenerationInfo(prompts, negatives, height, width, timesteps, cfg_scale, sampler.name, seeds)
-        for obs in self.observers:
+        calls = self._chunks(b)
+        info = GenerationInfo(prompts, negatives, height, width, timesteps, cfg_scale, sampler.name, seeds, calls)
+        observers = list(self.observers)
+        for obs in observers:
             obs.on_start(self, info)
 
         # 3. the denoising loop
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
-            for obs in self.observers:
-                obs.on_step_start(i, t)
             x_in = sampler.scale_model_input(x, t)  # Euler: x / sqrt(sigma^2 + 1)
             eps_cond, eps_uncond = self.predict_noise(x_in, t, context, uncond)
             # classifier-free guidance (Ho & Salimans 2022, eq. 6): move away from the unconditional prediction
             eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond) if guided else eps_cond
-            x_next = sampler.step(eps, t, x, generator=generators)  # x_t -> x_{t-1}; noise from each image's seed
+            out = sampler.step(eps, t, x, generator=generators)  # x_t -> x_{t-1}; noise from each image's seed
+            x_next = out.prev_sample
             if m is not None:
                 # inpainting: outside the mask, replace the model's latents by the original's, noised to the next t
                 nxt = timesteps[i + 1] if i + 1 < len(timesteps) else None
                 original = known if nxt is None else sampler.add_noise(known, noise, nxt)
                 x_next = m * x_next + (1 - m) * original
-            if self.observers:
-                step = StepInfo(i, t, x, eps_cond, eps_uncond, eps, sampler.predict_x0(eps, t, x), x_next)
-                for obs in self.observers:
-                    obs.on_step(step)
+            if observers or on_step is not None:
+                step = StepInfo(i, t, x, eps_cond, eps_uncond, eps, out.pred_original_sample, x_next)
+                for obs in observers:
+                    obs.on_step(self, step)
+                if on_step is not None:
+                    on_step(step)
             x = x_next
 
         # 4. latents -> pixels
         images = tensor_to_images(self.decode_latents(x))
         result = GenerationResult(images, x.float().cpu(), seeds)
-        for obs in self.observers:
-            obs.on_end(result)
+        for obs in observers:
+            obs.on_end(self, result)
         return result
 
     @torch.no_grad()
@@ -318,8 +377,6 @@ class StableDiffusion:
         """
         cond_rows, uncond_rows = [], []
         for rows in self._chunks(len(x)):
-            for obs in self.observers:
-                obs.on_unet_call(rows, uncond is not None)
             xc, ctx = x[rows], context[rows]  # (b, 4, h, w), (b, 77, 768)
             if uncond is not None:
                 xc, ctx = torch.cat([xc, xc]), torch.cat([uncond[rows], ctx])  # (2b, 4, h, w), (2b, 77, 768)
@@ -337,9 +394,11 @@ class StableDiffusion:
         if seed is None:
             base = random.SystemRandom().randrange(2**31)
             return [base + i for i in range(b)]
-        if isinstance(seed, int):
-            return [seed + i for i in range(b)]
-        seeds = [int(s) for s in seed]
+        if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+            return [_integer("seed", seed, minimum=0) + i for i in range(b)]
+        if isinstance(seed, (str, bytes)) or not isinstance(seed, Sequence | np.ndarray):
+            raise TypeError(f"seed must be an integer, a list of integers or None, got {seed!r}")
+        seeds = [_integer("seed", s, minimum=0) for s in seed]
         if len(seeds) != b:
             raise ValueError(f"{b} prompts but {len(seeds)} seeds")
         return seeds

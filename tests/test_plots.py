@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from sdviz.config import SD15
 from sdviz.pipeline import StableDiffusion, load_pipeline
-from sdviz.trace import load, trace
+from sdviz.tracing import load, trace
 from sdviz.viz import figures, plots
 from sdviz.weights import build_models
 

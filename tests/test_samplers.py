@@ -205,7 +205,7 @@ def test_loop_equals_diffusers(case, num_steps, strength, monkeypatch):
         eps = fake_eps(model_input, int(t), model_extra[i])
 
         inputs = (eps.clone(), latents.clone(), step_noise[i].clone())
-        new_latents = sampler.step(eps, t, latents, noise=step_noise[i])
+        new_latents, x0_step = sampler.step(eps, t, latents, noise=step_noise[i])
         x0_pred = sampler.predict_x0(eps, t, latents)
         for before, after in zip(inputs, (eps, latents, step_noise[i]), strict=True):
             assert torch.equal(before, after), "step modified its inputs"
@@ -215,6 +215,7 @@ def test_loop_equals_diffusers(case, num_steps, strength, monkeypatch):
         out = ref.step(eps, ref_t, ref_latents, **kwargs)
         assert max_diff(new_latents, out.prev_sample) <= TOL, f"step {i} (t={int(t)})"
         assert max_diff(x0_pred, out.pred_original_sample) <= TOL, f"predict_x0 at step {i} (t={int(t)})"
+        assert max_diff(x0_step, out.pred_original_sample) <= TOL, f"pred_original_sample at step {i}"
         latents, ref_latents = new_latents, out.prev_sample
 
     assert torch.isfinite(latents).all()
@@ -234,7 +235,7 @@ def test_same_generator_same_draws(case, strength):
     for t, ref_t in zip(sampler.timesteps, ref_timesteps, strict=True):
         eps = fake_eps(sampler.scale_model_input(latents, t), int(t), torch.zeros(SHAPE))
         ref.scale_model_input(ref_latents, ref_t)
-        latents = sampler.step(eps, t, latents, generator=g)
+        latents = sampler.step(eps, t, latents, generator=g).prev_sample
         kwargs = {"eta": sampler.eta} if case.startswith("ddim") else {}
         ref_latents = ref.step(eps, ref_t, ref_latents, generator=ref_g, **kwargs).prev_sample
         assert max_diff(latents, ref_latents) <= TOL
@@ -303,7 +304,8 @@ def test_dtype_is_kept(name):
     t = sampler.timesteps[0]
     x = torch.randn(SHAPE, dtype=torch.bfloat16)
     eps = torch.randn(SHAPE, dtype=torch.bfloat16)
-    assert sampler.step(eps, t, x, generator=torch.Generator().manual_seed(0)).dtype == torch.bfloat16
+    out = sampler.step(eps, t, x, generator=torch.Generator().manual_seed(0))
+    assert out.prev_sample.dtype == out.pred_original_sample.dtype == torch.bfloat16
     assert sampler.predict_x0(eps, t, x).dtype == torch.bfloat16
     assert sampler.scale_model_input(x, t).dtype == torch.bfloat16
     assert sampler.add_noise(x, eps, t).dtype == torch.bfloat16

@@ -1,7 +1,11 @@
-"""sdviz.trace: hook names and filters, the records, and the guarantees (no number changes, nothing left behind,
+"""sdviz.tracing: hook names and filters, the records, and the guarantees (no number changes, nothing left behind,
 traces independent, nothing computed when nobody listens, memory known in advance). Random TOY weights."""
 
 from __future__ import annotations
+
+import inspect
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -10,13 +14,23 @@ import torch
 import sdviz
 import sdviz.models.attention as attention_module
 from sdviz.config import SD15, TOY
-from sdviz.models.attention import Attention
-from sdviz.models.common import GroupNorm, HookPoint
+from sdviz.hooks import HookPoint
+from sdviz.models.common import GroupNorm
 from sdviz.models.unet import timestep_embedding
 from sdviz.pipeline import StableDiffusion
 from sdviz.samplers import get_sampler
-from sdviz.trace import HookNameError, Trace, TraceBudgetError, hook_names, hooks, trace
-from sdviz.trace.preview import latent_rgb_map
+from sdviz.tracing import (
+    HookNameError,
+    Trace,
+    TraceBudgetError,
+    estimate,
+    hook_names,
+    hooks,
+    load,
+    time_embeddings,
+    trace,
+)
+from sdviz.tracing.preview import latent_rgb_map
 from sdviz.weights import build_models
 
 PROMPT = "a red circle above a cyan square"
@@ -35,14 +49,12 @@ def gen(pipe, prompt=PROMPT, **kw):
 
 
 def assert_clean(pipe) -> None:
-    """No hook anywhere, no observer, no attention asked for a subset of rows."""
+    """No listener anywhere, no observer, no state left on a module."""
     for root, module in pipe.modules().items():
         for name, m in module.named_modules():
             if isinstance(m, HookPoint):
-                assert not m._forward_hooks, f"hook left on {root}.{name}"
+                assert not m.listeners and not m._forward_hooks, f"listener left on {root}.{name}"
                 assert not m.active
-            if isinstance(m, Attention):
-                assert m.probs_rows is None, f"probs_rows left on {root}.{name}"
     assert pipe.observers == []
 
 
@@ -116,9 +128,10 @@ def test_layers_that_select_no_layer_of_a_record_raise(pipe):
         trace(pipe, keep=["steps"])
 
 
-def test_sdviz_trace_is_a_callable_module(pipe):
+def test_sdviz_trace_is_a_plain_function(pipe):
     assert isinstance(sdviz.trace(pipe), Trace)
-    assert sdviz.trace.hook_names is hook_names
+    assert sdviz.hook_names is hook_names and sdviz.load_trace is load
+    assert inspect.isfunction(sdviz.trace) and type(sys.modules["sdviz.tracing"]) is types.ModuleType
 
 
 # -- guarantees --------------------------------------------------------------------------------------------------
@@ -150,7 +163,7 @@ def test_hooks_are_removed_when_the_generation_raises(pipe):
     # bad input once the hooks are on
     with pytest.raises(ValueError, match="latents must have shape"):
         with trace(pipe, record="all"):
-            assert pipe.observers and any(m._forward_hooks for m in pipe.unet.modules() if isinstance(m, HookPoint))
+            assert pipe.observers and any(m.listeners for m in pipe.unet.modules() if isinstance(m, HookPoint))
             gen(pipe, latents=torch.zeros(1, 4, 3, 3))
     assert_clean(pipe)
 
@@ -211,19 +224,18 @@ def test_no_probability_is_computed_when_nobody_listens(pipe, monkeypatch):
     shapes = []
     original = attention_module.attention_probs
 
-    def counting(q, k, causal=False):
+    def counting(q, k, causal=False, offset=0):
         shapes.append(tuple(q.shape))
-        return original(q, k, causal)
+        return original(q, k, causal, offset)
 
     monkeypatch.setattr(attention_module, "attention_probs", counting)
     gen(pipe)
     assert shapes == []  # untraced: the fused kernel only
     with trace(pipe, record=["cross_attention"], steps=[0, 2]):
         gen(pipe, steps=3)
-    # only the 7 cross-attention layers; conditional row only on the 2 recorded steps, no row on the other
-    assert len(shapes) == 3 * 7
-    assert sorted({s[0] for s in shapes}) == [0, 1]
-    assert sum(s[0] == 1 for s in shapes) == 2 * 7
+    # only the 7 cross-attention layers, the conditional row only, on the 2 recorded steps only
+    assert len(shapes) == 2 * 7
+    assert {s[0] for s in shapes} == {1}
     assert all(s[2] in (16 * 16, 8 * 8) for s in shapes)
     shapes.clear()
     with trace(pipe, record=["groupnorm", "latents", "time_embedding"]):
@@ -320,11 +332,11 @@ def test_the_estimate_is_exactly_what_the_trace_holds(pipe):
     ):
         with trace(pipe, **options) as tr:
             gen(pipe, ["a red circle", "a blue square"], height=64, width=32, steps=2)
-        assert tr.nbytes() == tr.estimate.total, options
+        assert tr.nbytes() == tr.estimate.records, options
 
 
 def test_estimate_of_sd15_at_512_needs_no_weights_and_is_under_200_mb():
-    est = sdviz.trace.estimate(SD15, height=512, width=512, num_steps=50)
+    est = estimate(SD15, height=512, width=512, num_steps=50)
     assert set(est.parts) == {"cross_attention", "groupnorm", "time_embedding", "latents", "images"}
     assert est.total < 200e6
     # cross-attention at 64, 32, 16 and 8 pixels: 77 tokens each, float32
@@ -363,7 +375,7 @@ def test_time_embedding_record(pipe):
     sin = timestep_embedding(t, cfg.model_channels, cfg.flip_sin_to_cos, cfg.freq_shift)
     torch.testing.assert_close(rec.sinusoid, sin)
     torch.testing.assert_close(rec.mlp, pipe.unet.time_embedding(sin), rtol=1e-5, atol=1e-6)
-    t_all, sin_all, mlp_all = sdviz.trace.time_embeddings(pipe.unet)
+    t_all, sin_all, mlp_all = time_embeddings(pipe.unet)
     assert sin_all.shape == (1000, cfg.model_channels) and mlp_all.shape == (1000, cfg.time_embed_dim)
     torch.testing.assert_close(sin_all[t], rec.sinusoid)
 
@@ -415,7 +427,7 @@ def test_save_and_load_give_the_same_answers(pipe, tmp_path):
     with trace(pipe, record="all", keep=["step"], decode=True) as tr:
         gen(pipe)
     path = tr.save(tmp_path / "trace.pt")
-    loaded = sdviz.trace.load(path)
+    loaded = load(path)
     assert loaded.pipe is None and loaded.prompts == tr.prompts and loaded.tokens == tr.tokens
     torch.testing.assert_close(loaded.word_map("circle", steps=2), tr.word_map("circle", steps=2), rtol=0, atol=0)
     assert torch.equal(loaded.groupnorm.stats, tr.groupnorm.stats)
@@ -427,7 +439,7 @@ def test_save_and_load_give_the_same_answers(pipe, tmp_path):
     assert loaded.nbytes() == tr.nbytes()
     with pytest.raises(ValueError, match="not an sdviz trace"):
         torch.save({"a": 1}, tmp_path / "other.pt")
-        sdviz.trace.load(tmp_path / "other.pt")
+        load(tmp_path / "other.pt")
 
 
 def test_a_trace_before_its_generation_says_so(pipe):
@@ -442,7 +454,7 @@ def test_a_trace_before_its_generation_says_so(pipe):
 
 def test_the_attention_validation_runs_and_counts_every_object(pipe):
     from sdviz.toy import world
-    from sdviz.trace import validate
+    from sdviz.tracing import validate
 
     assert validate.iou(np.eye(4, dtype=bool), np.eye(4, dtype=bool)) == 1.0
     assert validate.iou(np.eye(4, dtype=bool), ~np.eye(4, dtype=bool)) == 0.0

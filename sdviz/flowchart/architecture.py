@@ -20,7 +20,7 @@ from torch import nn
 from sdviz.config import get_config
 from sdviz.flowchart import runs
 from sdviz.flowchart.dot import FONT, HTML, STYLE, Chart, Dot, esc
-from sdviz.models.common import HookPoint
+from sdviz.hooks import HookPoint
 
 KINDS = ("txt2img", "img2img", "inpaint", "unet")
 DEPTHS = (1, 2, 3)

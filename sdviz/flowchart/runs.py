@@ -76,7 +76,7 @@ def _networks(name: str):
 def _hook_modules(root: torch.nn.Module, prefix: str, recording: Recording) -> list:
     """Forward hooks that note each submodule's input and output shapes by module path (for the architecture
     diagrams, which are drawn per module rather than per statement)."""
-    from sdviz.models.common import HookPoint
+    from sdviz.hooks import HookPoint
 
     fmt = ShapeFormat(recording.batch)
     handles = []
@@ -168,7 +168,7 @@ def sampler_recording(name: str) -> Recording:
             for t in sampler.timesteps:
                 x_in = sampler.scale_model_input(x, t)
                 eps = torch.zeros_like(x_in)
-                x = sampler.step(eps, t, x, generator=g)
+                x = sampler.step(eps, t, x, generator=g).prev_sample
             sampler.predict_x0(eps, t, x)
             sampler.set_timesteps(STEPS, strength=STRENGTH)
             sampler.add_noise(torch.zeros(shape), torch.zeros(shape), sampler.timesteps[0])

@@ -7,7 +7,9 @@ the prompt's 77 token embeddings what to draw.
 
 The output is always computed by `F.scaled_dot_product_attention` (a fused kernel that never materialises the
 N x M probability matrix). When a trace listens on `hook_probs`, the probabilities are computed *beside* that path,
-from the same Q and K, and handed to the hook; the layer's output is untouched, bit for bit.
+from the same Q and K, only for the batch rows the listeners asked for, and in chunks of query positions (so that
+at most `PROBS_CHUNK_BYTES` of scores and softmax exist at once, even for SD 1.5's 4096 x 4096 self-attention);
+each chunk is handed to the hook. The layer's output is untouched, bit for bit.
 """
 
 from __future__ import annotations
@@ -18,15 +20,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdviz.models.common import HookPoint
+from sdviz.hooks import HookPoint
+
+PROBS_CHUNK_BYTES = 64 * 2**20  # observed probabilities are computed at most this many bytes at a time
 
 
-def attention_probs(q: Tensor, k: Tensor, causal: bool = False) -> Tensor:
-    """softmax(Q K^T / sqrt(d)): (B, heads, N, d), (B, heads, M, d) -> (B, heads, N, M). For observation only."""
+def probs_chunk(rows: int, heads: int, n: int, m: int, budget: int = PROBS_CHUNK_BYTES) -> int:
+    """Query positions per chunk so that scores and their softmax, 2 x (rows, heads, chunk, m) float32, fit `budget`."""
+    return max(1, min(n, budget // max(1, 2 * 4 * rows * heads * m)))
+
+
+def attention_probs(q: Tensor, k: Tensor, causal: bool = False, offset: int = 0) -> Tensor:
+    """softmax(Q K^T / sqrt(d)): (B, heads, N, d), (B, heads, M, d) -> (B, heads, N, M). For observation only.
+
+    `offset` is the position of q's first query when q is a chunk of the queries (for the causal mask)."""
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, heads, N, M)
     if causal:
         n, m = scores.shape[-2:]
-        mask = torch.ones(n, m, dtype=torch.bool, device=q.device).triu(1)  # True above the diagonal: the future
+        mask = torch.ones(n, m, dtype=torch.bool, device=q.device).triu(1 + offset)  # True for keys in the future
         scores = scores.masked_fill(mask, float("-inf"))
     return scores.softmax(dim=-1)
 
@@ -50,7 +61,6 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, query_dim, bias=qkv_bias)
         self.to_out = nn.Linear(query_dim, query_dim)
         self.hook_probs = HookPoint()  # (B, heads, N, M) attention probabilities, computed only when listened to
-        self.probs_rows: slice | None = None  # the batch rows hook_probs is computed for (None: all); a trace sets it
 
     def forward(self, x: Tensor, context: Tensor | None = None, causal: bool = False) -> Tensor:
         context = x if context is None else context
@@ -62,7 +72,19 @@ class Attention(nn.Module):
         v = self.to_v(context).view(b, m, h, d).transpose(1, 2)  # (B, M, C_ctx) -> (B, h, M, d)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, h, N, d)
         if self.hook_probs.active:
-            rows = slice(None) if self.probs_rows is None else self.probs_rows  # e.g. only the conditional half
-            self.hook_probs(attention_probs(q[rows], k[rows], causal))  # (b, h, N, M), beside the fused kernel
+            self.observe_probs(q, k, causal)  # beside the fused kernel: changes nothing above
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, h, N, d) -> (B, N, h, d) -> (B, N, C)
         return self.to_out(out)  # (B, N, C) -> (B, N, C)
+
+    def observe_probs(self, q: Tensor, k: Tensor, causal: bool) -> None:
+        """Hand the probabilities of the rows the listeners want to `hook_probs`, in chunks of query positions."""
+        b, n = q.shape[0], q.shape[2]
+        rows = self.hook_probs.wanted_rows(b)  # e.g. the conditional half of a guided batch
+        if rows.stop <= rows.start:
+            return
+        q, k = q[rows], k[rows]  # (b', h, N, d), (b', h, M, d)
+        chunk = probs_chunk(len(q), self.heads, n, k.shape[2])
+        for i in range(0, n, chunk):
+            queries = slice(i, min(n, i + chunk))
+            probs = attention_probs(q[:, :, queries], k, causal, offset=i)  # (b', h, chunk, M)
+            self.hook_probs(probs, rows=rows, batch=b, queries=queries)

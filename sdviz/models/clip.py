@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from sdviz.config import CLIPConfig
+from sdviz.hooks import HookPoint
 from sdviz.models.attention import Attention
-from sdviz.models.common import HookPoint
 
 
 class QuickGELU(nn.Module):

@@ -1,8 +1,7 @@
-"""Pieces shared by the networks: the hook point, GroupNorm with hook points, the ResNet block, the upsampler.
+"""Pieces shared by the networks: GroupNorm with hook points, the ResNet block, the upsampler.
 
-Hook points (the idea is TransformerLens' `HookPoint`) are identity modules placed at every activation worth
-seeing. They change no number. `sdviz.trace` attaches forward hooks to them by their module path, e.g.
-`unet.down_blocks.0.resnets.0.norm1.hook_out`; with no hook attached they cost one Python call.
+Hook points (`sdviz.hooks.HookPoint`, the idea is TransformerLens') are identity modules placed at every activation
+worth seeing; they change no number.
 """
 
 from __future__ import annotations
@@ -10,17 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class HookPoint(nn.Module):
-    """An identity module: `hook(x) is x`. A trace observes `x` by registering a forward hook on it."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-    @property
-    def active(self) -> bool:
-        """True when someone is listening: used to skip work (such as attention probabilities) nobody asked for."""
-        return bool(self._forward_hooks)
+from sdviz.hooks import HookPoint
 
 
 class GroupNorm(nn.GroupNorm):

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sdviz.config import UNetConfig
+from sdviz.hooks import HookPoint
 from sdviz.models.attention import Attention
-from sdviz.models.common import GroupNorm, HookPoint, ResnetBlock, Upsample
+from sdviz.models.common import GroupNorm, ResnetBlock, Upsample
 
 
 def timestep_embedding(t: Tensor, dim: int, flip_sin_to_cos: bool = True, shift: float = 0.0) -> Tensor:

@@ -15,7 +15,7 @@ Every sampler equals the matching diffusers scheduler with SD 1.5's settings ste
 from __future__ import annotations
 
 from sdviz.config import ScheduleConfig
-from sdviz.samplers.base import Sampler
+from sdviz.samplers.base import Sampler, SamplerOutput
 from sdviz.samplers.ddim import DDIMSampler
 from sdviz.samplers.ddpm import DDPMSampler
 from sdviz.samplers.euler import EulerAncestralSampler, EulerSampler
@@ -46,5 +46,6 @@ __all__ = [
     "EulerSampler",
     "NoiseSchedule",
     "Sampler",
+    "SamplerOutput",
     "get_sampler",
 ]

@@ -7,7 +7,7 @@ A sampler turns the UNet's noise prediction into a denoising step. The pipeline 
     latents = torch.randn(shape) * sampler.init_noise_sigma  # pure noise at the first of them
     for t in sampler.timesteps:                              # descending: 981, 961, ..., 1
         eps = unet(sampler.scale_model_input(latents, t), t, context)
-        latents = sampler.step(eps, t, latents, generator=g) # x_t -> x_{t_prev}, one step less noisy
+        latents = sampler.step(eps, t, latents, generator=g).prev_sample  # x_t -> x_{t_prev}
 
 Image-to-image starts part of the way down instead: `set_timesteps(50, strength=0.6)` keeps only the last 30
 timesteps, and the start latents are the encoded image noised to the first of them, `add_noise(x0, noise, t0)`.
@@ -24,12 +24,21 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from sdviz.config import ScheduleConfig
 from sdviz.samplers.schedule import NoiseSchedule
+
+
+class SamplerOutput(NamedTuple):
+    """What one step returns (diffusers' names): the latents at the next timestep, and the clean latents x0 that
+    this step's noise prediction implies (what a preview shows)."""
+
+    prev_sample: Tensor  # x_{t_prev}, (B, 4, h, w)
+    pred_original_sample: Tensor  # x0 predicted at this step, (B, 4, h, w)
 
 
 class Sampler:
@@ -86,8 +95,9 @@ class Sampler:
         latents: Tensor,
         noise: Tensor | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    ) -> Tensor:
-        """One denoising step: from x_t and the predicted noise eps, the latents at the next (lower) timestep."""
+    ) -> SamplerOutput:
+        """One denoising step: from x_t and the predicted noise eps, the latents at the next (lower) timestep, and
+        the x0 the prediction implies."""
         raise NotImplementedError
 
     def predict_x0(self, model_output: Tensor, t: int, latents: Tensor) -> Tensor:

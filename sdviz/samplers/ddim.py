@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from sdviz.config import ScheduleConfig
+from sdviz.samplers.base import SamplerOutput
 from sdviz.samplers.ddpm import DDPMSampler
 
 
@@ -60,7 +61,7 @@ class DDIMSampler(DDPMSampler):
         latents: Tensor,
         noise: Tensor | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    ) -> Tensor:
+    ) -> SamplerOutput:
         """x_t -> x_{t_prev} by eq. 12, with sigma_t from eq. 16."""
         self._check_ready()
         t = self._timestep(t)
@@ -81,4 +82,4 @@ class DDIMSampler(DDPMSampler):
         if self.eta > 0:
             z = self._noise_for(latents, noise, generator).float()  # z ~ N(0, I)
             x_prev = x_prev + sigma_t * z  # "random noise"  (eq. 12)
-        return x_prev.to(latents.dtype)
+        return SamplerOutput(x_prev.to(latents.dtype), x0.to(latents.dtype))

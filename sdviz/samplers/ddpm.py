@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sdviz.samplers.base import Sampler, expand_to, timestep_tensor
+from sdviz.samplers.base import Sampler, SamplerOutput, expand_to, timestep_tensor
 
 
 class DDPMSampler(Sampler):
@@ -55,7 +55,7 @@ class DDPMSampler(Sampler):
         latents: Tensor,
         noise: Tensor | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    ) -> Tensor:
+    ) -> SamplerOutput:
         """x_t -> x_{t_prev}: sample the posterior q(x_{t_prev} | x_t, x0_predicted) (Algorithm 2, line 4)."""
         self._check_ready()
         t = self._timestep(t)
@@ -76,14 +76,14 @@ class DDPMSampler(Sampler):
         mean = coef_x0 * x0 + coef_xt * x_t  # mu~_t  (eq. 7)
 
         if t == 0:  # the last step returns the mean: no noise on the final image (Algorithm 2, line 3: z = 0 at t = 1)
-            return mean.to(latents.dtype)
+            return SamplerOutput(mean.to(latents.dtype), x0.to(latents.dtype))
 
         # Posterior variance beta~_t = (1 - a_bar_{t-1}) / (1 - a_bar_t) beta_t (eq. 7), the "fixed small" sigma_t^2,
         # clamped away from 0 as the tutorial and diffusers do (it would be 0 only on a step that ends at x_0)
         variance = ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * beta_t).clamp(min=1e-20)
         z = self._noise_for(latents, noise, generator).float()  # z ~ N(0, I)
         x_prev = mean + variance**0.5 * z  # x_{t-1} = mu~ + sigma_t z  (Algorithm 2, line 4)
-        return x_prev.to(latents.dtype)
+        return SamplerOutput(x_prev.to(latents.dtype), x0.to(latents.dtype))
 
     def add_noise(self, original: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
         """Sample q(x_t | x_0): jump straight from clean latents to timestep t (eq. 4). `t` may hold one per sample."""

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from sdviz.config import ScheduleConfig
-from sdviz.samplers.base import Sampler, expand_to, timestep_tensor
+from sdviz.samplers.base import Sampler, SamplerOutput, expand_to, timestep_tensor
 
 
 class EulerSampler(Sampler):
@@ -82,7 +82,7 @@ class EulerSampler(Sampler):
         latents: Tensor,
         noise: Tensor | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    ) -> Tensor:
+    ) -> SamplerOutput:
         """One Euler step of dx/dsigma = (x - D(x; sigma)) / sigma from this timestep's sigma to the next one."""
         i = self._index(t)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
@@ -91,7 +91,7 @@ class EulerSampler(Sampler):
         x0 = self.predict_x0(model_output.float(), t, x)  # D(x; sigma)  (eq. 7)
         d = (x - x0) / sigma  # dx/dsigma = (x - D(x; sigma)) / sigma  (Algorithm 2 line 7; eqs. 1 and 3)
         x_next = x + d * (sigma_next - sigma)  # x_{i+1} = x_i + (sigma_{i+1} - sigma_i) d_i  (Algorithm 2 line 8)
-        return x_next.to(latents.dtype)
+        return SamplerOutput(x_next.to(latents.dtype), x0.to(latents.dtype))
 
     def add_noise(self, original: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
         """Noise clean latents to timestep t in sigma space: x = x_0 + sigma_t * eps. `t` may hold one per sample."""
@@ -124,7 +124,7 @@ class EulerAncestralSampler(EulerSampler):
         latents: Tensor,
         noise: Tensor | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    ) -> Tensor:
+    ) -> SamplerOutput:
         """x at sigma -> x at sigma_next, part deterministic (to sigma_down), part fresh noise (sigma_up)."""
         i = self._index(t)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
@@ -141,4 +141,4 @@ class EulerAncestralSampler(EulerSampler):
         # generator gives both the same numbers
         z = self._noise_for(latents, noise, generator).float()  # z ~ N(0, I)
         x_next = x_next + z * sigma_up  # add the fresh noise back: x now sits at level sigma_next
-        return x_next.to(latents.dtype)
+        return SamplerOutput(x_next.to(latents.dtype), x0.to(latents.dtype))

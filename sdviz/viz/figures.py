@@ -23,7 +23,7 @@ SETTINGS = {"steps": 50, "cfg_scale": 5.0, "sampler": "ddim"}  # the embedded mo
 def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int = SETTINGS["steps"]) -> dict[str, Any]:
     """The README figures as {file name: matplotlib Figure}, for `pipe` (default: the embedded model)."""
     from sdviz.pipeline import load_pipeline
-    from sdviz.trace import trace
+    from sdviz.tracing import trace
     from sdviz.viz import plots
 
     pipe = load_pipeline() if pipe is None else pipe

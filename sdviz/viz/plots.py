@@ -192,7 +192,7 @@ def time_embedding_figure(source: Any, timesteps: Sequence[int] | None = None, c
         order = np.argsort(t)
         t, sin, mlp = t[order], sin[order], mlp[order]
     else:
-        from sdviz.trace.preview import time_embeddings
+        from sdviz.tracing.preview import time_embeddings
 
         unet = getattr(source, "unet", source)
         t, sin, mlp = (x.numpy() for x in time_embeddings(unet, timesteps))

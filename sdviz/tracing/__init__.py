@@ -1,14 +1,13 @@
 """Instrumentation: named hook points, and a Trace that records what the model did during a generation.
 
     import sdviz
-    sdviz.trace.hook_names(pipe)                       # every hook point, by module path
+    sdviz.hook_names(pipe)                             # every hook point, by module path
     with sdviz.trace(pipe, record=["cross_attention", "latents"]) as tr:
         pipe.generate("a red circle above a blue square", seed=1)
     tr.word_map("circle")                              # (H, W) attention map of the word "circle"
 
-`sdviz.trace` is both this module and a function: calling the module calls `trace(...)` (see `tracing.py`).
+`sdviz.trace`, `sdviz.load_trace` and `sdviz.hook_names` are these functions, re-exported by the package.
 
-    hooks.py     hook points by name, filters that refuse to match nothing, a safe `hooks(...)` context manager
     layout.py    shapes from a meta-device run; the memory estimate a trace checks before it starts
     records.py   the records (attention, group norm, time embedding, latents) and their query methods
     tracing.py   the Trace context manager (a pipeline observer) and saving/loading
@@ -16,14 +15,11 @@
     validate.py  attention maps against the toy world's ground-truth masks (mIoU)
 """
 
-import sys
-import types
-
-from sdviz.trace.hooks import HookNameError, hook_names, hook_points, hooks, select
-from sdviz.trace.layout import DEFAULT_BUDGET, DEFAULT_RECORD, KINDS, MemoryEstimate, estimate, unet_layout
-from sdviz.trace.preview import latent_rgb_map, time_embeddings
-from sdviz.trace.records import AttentionRecord, GroupNormRecord, LatentsRecord, TimeEmbeddingRecord
-from sdviz.trace.tracing import Trace, TraceBudgetError, load, trace
+from sdviz.hooks import HookNameError, hook_names, hook_points, hooks, select
+from sdviz.tracing.layout import DEFAULT_BUDGET, DEFAULT_RECORD, KINDS, MemoryEstimate, estimate, unet_layout
+from sdviz.tracing.preview import latent_rgb_map, time_embeddings
+from sdviz.tracing.records import AttentionRecord, GroupNormRecord, LatentsRecord, TimeEmbeddingRecord
+from sdviz.tracing.tracing import Trace, TraceBudgetError, load, trace
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -48,13 +44,3 @@ __all__ = [
     "trace",
     "unet_layout",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """Lets `sdviz.trace(pipe, ...)` call `trace(...)` while `sdviz.trace.hook_names` stays a module attribute."""
-
-    def __call__(self, *args, **kwargs) -> Trace:
-        return trace(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

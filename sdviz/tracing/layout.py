@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from sdviz.config import SDConfig, UNetConfig
-from sdviz.models.attention import Attention
-from sdviz.models.common import GroupNorm, HookPoint
-from sdviz.trace.hooks import Filter, HookNameError, close_names, select
+from sdviz.hooks import Filter, HookNameError, HookPoint, close_names, select
+from sdviz.models.attention import Attention, probs_chunk
+from sdviz.models.common import GroupNorm
 
 KINDS = ("cross_attention", "self_attention", "groupnorm", "time_embedding", "latents")
 DEFAULT_RECORD = ("cross_attention", "groupnorm", "time_embedding", "latents")
@@ -123,7 +123,7 @@ def unet_layout(cfg: UNetConfig, latent_hw: tuple[int, int], context_length: int
     for path, m in unet.named_modules():
         name = f"unet.{path}" if path else "unet"
         if isinstance(m, HookPoint):
-            handles.append(m.register_forward_hook(lambda _m, _a, out, n=name: on_hook(n, out)))
+            handles.append(m.listen(lambda out, _call, n=name: on_hook(n, out)))
         elif isinstance(m, SpatialTransformer):
             handles.append(m.register_forward_pre_hook(lambda _m, a, n=name: on_transformer(n, a[0])))
         elif isinstance(m, Attention):
@@ -257,11 +257,17 @@ class MemoryEstimate:
 
     parts: dict[str, int] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
-    transient: int = 0  # the largest attention-probability tensor computed at once (freed after each layer)
+    transient: int = 0  # the largest attention-probability chunk (scores + softmax) alive at once, then freed
+
+    @property
+    def records(self) -> int:
+        """Bytes of the records kept after the run."""
+        return sum(self.parts.values())
 
     @property
     def total(self) -> int:
-        return sum(self.parts.values())
+        """The peak: the records, plus the probabilities of one chunk while an attention layer is observed."""
+        return self.records + self.transient
 
     def add(self, name: str, nbytes: int, detail: str) -> None:
         self.parts[name] = self.parts.get(name, 0) + int(nbytes)
@@ -269,9 +275,9 @@ class MemoryEstimate:
 
     def __str__(self) -> str:
         lines = [f"  {name:<16}{_mb(b):>12}   {self.details.get(name, '')}" for name, b in self.parts.items()]
-        lines.append(f"  {'total':<16}{_mb(self.total):>12}")
         if self.transient:
-            lines.append(f"  (plus, while a layer is observed, its probabilities: up to {_mb(self.transient)} at once)")
+            lines.append(f"  {'transient':<16}{_mb(self.transient):>12}   one chunk of attention scores and softmax")
+        lines.append(f"  {'total':<16}{_mb(self.total):>12}")
         return "\n".join(lines)
 
 
@@ -306,7 +312,9 @@ def plan_bytes(
             key = name if ("layer" in k or kind == "self_attention") else a.resolution
             h = a.heads if "head" in k else 1
             groups[key] = s * b * h * a.n * a.m + s * b  # the sums and their counts
-            est.transient = max(est.transient, rows_per_call * a.heads * a.n * a.m * FLOAT)
+            # while a layer is observed: scores and softmax of one chunk of queries (sdviz.models.attention)
+            chunk = probs_chunk(rows_per_call, a.heads, a.n, a.m)
+            est.transient = max(est.transient, 2 * rows_per_call * a.heads * chunk * a.m * FLOAT)
         kept = ", ".join(sorted(k)) or "nothing"
         what = "per layer" if (kind == "self_attention" or "layer" in k) else "per resolution"
         est.add(kind, sum(groups.values()) * FLOAT, f"{len(layers[kind])} layers, summed {what}, kept: {kept}")

@@ -91,7 +91,7 @@ def validate(
     threshold sweep, the baselines, and per-prompt details."""
     from sdviz.pipeline import StableDiffusion, load_pipeline
     from sdviz.toy import judge, world
-    from sdviz.trace import trace
+    from sdviz.tracing import trace
 
     pipe = model if isinstance(model, StableDiffusion) else load_pipeline(model)
     pairs = world.held_out_prompts(n, seed)

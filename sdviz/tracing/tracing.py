@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from sdviz.trace.hooks import Filter, hook_points
-from sdviz.trace.layout import (
+from sdviz.hooks import Filter, HookCall, hook_points
+from sdviz.tracing.layout import (
     DEFAULT_BUDGET,
     KINDS,
     LAYERED,
@@ -54,8 +55,8 @@ from sdviz.trace.layout import (
     resolve_steps,
     unet_layout,
 )
-from sdviz.trace.preview import latent_rgb_map
-from sdviz.trace.records import (
+from sdviz.tracing.preview import latent_rgb_map
+from sdviz.tracing.records import (
     AttentionRecord,
     GroupNormRecord,
     LatentsRecord,
@@ -118,9 +119,9 @@ class Trace:
         self.estimate: MemoryEstimate | None = None
         self.images_u8: Tensor | None = None
         self._handles: list[Any] = []
-        self._watched: list[Any] = []  # Attention modules whose probabilities we compute
         self._attached = False
-        self._recorded: set[int] = set()
+        self._unet_calls: list[slice] = []
+        self._recorded_set: set[int] = set()
         self._reset_run_state()
         if pipe is not None:
             self._choose_layers()
@@ -151,18 +152,18 @@ class Trace:
         if self._attached:
             raise RuntimeError("this trace is already active; a trace records one `with` block")
         points = hook_points(self.pipe)
-        modules = {f"unet.{p}": m for p, m in self.pipe.unet.named_modules()}
         try:
+            # every UNet call starts with its time embedding: count the calls there (first, so the others know)
+            self._listen(points["unet.hook_time_sinusoid"], self._on_unet_call, rows=None)
             for kind in ("cross_attention", "self_attention"):
                 for name in self.layers.get(kind, []):
-                    self._hook(points[name], self._on_probs, kind, name)
-                    self._watched.append(modules[name.removesuffix(".hook_probs")])
+                    self._listen(points[name], partial(self._on_probs, kind, name))
             for i, layer in enumerate(self.layers.get("groupnorm", [])):
-                self._hook(points[f"{layer}.hook_in"], self._on_norm, i, 0)
-                self._hook(points[f"{layer}.hook_out"], self._on_norm, i, 1)
+                self._listen(points[f"{layer}.hook_in"], partial(self._on_norm, i, 0))
+                self._listen(points[f"{layer}.hook_out"], partial(self._on_norm, i, 1))
             if "time_embedding" in self.record:
-                self._hook(points["unet.hook_time_sinusoid"], self._on_time, 0)
-                self._hook(points["unet.hook_time_embedding"], self._on_time, 1)
+                self._listen(points["unet.hook_time_sinusoid"], partial(self._on_time, 0), rows=slice(0, 1))
+                self._listen(points["unet.hook_time_embedding"], partial(self._on_time, 1), rows=slice(0, 1))
             self.pipe.observers.append(self)
             self._attached = True
         except BaseException:
@@ -174,32 +175,38 @@ class Trace:
         self._detach()
         return False
 
-    def _hook(self, point: Any, fn: Any, *key: Any) -> None:
-        # fn returns None, so the hook point's output passes through untouched
-        self._handles.append(point.register_forward_hook(lambda _m, _a, out: fn(*key, out)))
+    def _listen(self, point: Any, fn: Any, rows: Any = "recorded") -> None:
+        """Listen at a hook point; by default to the rows `_recorded_rows` chooses. Listeners only read."""
+        self._handles.append(point.listen(fn, rows=self._recorded_rows if rows == "recorded" else rows))
 
     def _detach(self) -> None:
-        """Remove every hook and the observer, reset the probability rows; safe to call twice."""
+        """Remove every listener and the observer; safe to call twice."""
         try:
             for h in self._handles:
                 h.remove()
-            for attn in self._watched:
-                attn.probs_rows = None
             self.pipe.observers[:] = [o for o in self.pipe.observers if o is not self]
         finally:
-            self._handles, self._watched = [], []
+            self._handles = []
             self._attached = False
             self._reset_run_state()
             for rec in self.records.values():
                 rec.to("cpu")
 
     def _reset_run_state(self) -> None:
+        self._calls = 0  # UNet calls seen in this generation
         self._step: int | None = None  # the step index running now
-        self._attn_step = False  # is it a recorded step?
-        self._call: tuple[slice, slice] | None = None  # (image rows, conditional rows of the UNet batch)
-        self._time_seen: set[int] = set()
+        self._images = slice(0, 0)  # the images (batch rows of the generation) the running UNet call holds
+        self._recording = False  # is the running step one this trace records?
 
-    # -- the observer protocol ---------------------------------------------------------------------------------------
+    def _recorded_rows(self, batch: int) -> slice:
+        """The rows of a UNet batch the layered records want: the conditional half of a guided batch [uncond; cond]
+        (all of an unguided one), and none at all on steps this trace does not record (so no probability is
+        computed for them, unless another listener asks)."""
+        if not self._recording:
+            return slice(0, 0)
+        return slice(batch // 2, batch) if self.info["cfg_scale"] > 1.0 else slice(0, batch)
+
+    # -- the observer protocol (see sdviz.pipeline.Observer) -------------------------------------------------------
 
     def on_start(self, pipe: Any, info: Any) -> None:
         """A generation starts: plan, estimate, refuse if over budget, allocate."""
@@ -220,7 +227,7 @@ class Trace:
             (info.height, info.width),
             guided,
             self.decode,
-            rows_per_call=1 if getattr(pipe, "batch_invariant", False) else b,
+            rows_per_call=max(c.stop - c.start for c in info.unet_calls),
         )
         if self.estimate.total > self.max_bytes:
             raise TraceBudgetError(
@@ -258,25 +265,12 @@ class Trace:
             decode_hw = (info.height, info.width) if self.decode else None
             rgb = latent_rgb_map(pipe)
             self.records["latents"] = LatentsRecord(timesteps, b, layout.latent, guided, rgb, decode_hw)
-        self._recorded = set(recorded)
+        self._reset_run_state()
+        self._unet_calls = list(info.unet_calls)
+        self._recorded_set = set(recorded)
         self.images_u8 = None
 
-    def on_step_start(self, i: int, t: int) -> None:
-        self._step, self._attn_step, self._time_seen = i, i in self._recorded, set()
-
-    def on_unet_call(self, rows: slice, guided: bool) -> None:
-        """The UNet is about to run images `rows`; with guidance its batch is [uncond rows; cond rows]."""
-        b = rows.stop - rows.start
-        cond = slice(b, 2 * b) if guided else slice(0, b)
-        self._call = (rows, cond)
-        # probabilities of the conditional rows only, and of no row at all on steps we do not record (unless someone
-        # else listens to the layer too, e.g. a second trace that records this step)
-        for attn in self._watched:
-            alone = len(attn.hook_probs._forward_hooks) == 1
-            attn.probs_rows = cond if self._attn_step or not alone else slice(0, 0)
-
-    def on_step(self, step: Any) -> None:
-        self._call = None
+    def on_step(self, pipe: Any, step: Any) -> None:
         rec = self.records.get("latents")
         if rec is not None:
             rec.add(
@@ -288,35 +282,38 @@ class Trace:
                 x0=step.x0,
             )
             if rec.decoded is not None:
-                x = self.pipe.decode_latents(step.x0).float().clamp(-1, 1)  # (B, 3, H, W)
+                x = pipe.decode_latents(step.x0).float().clamp(-1, 1)  # (B, 3, H, W)
                 rec.decoded[step.index] = ((x + 1) * 127.5).round().to(torch.uint8).cpu()
 
-    def on_end(self, result: Any) -> None:
-        self._call = None
+    def on_end(self, pipe: Any, result: Any) -> None:
+        self._recording = False
         if "latents" in self.records:
             self.records["latents"].final.copy_(result.latents)
         self.images_u8 = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in result.images])
         for rec in self.records.values():
             rec.to("cpu")
 
-    # -- the hooks ---------------------------------------------------------------------------------------------------
+    # -- the listeners -----------------------------------------------------------------------------------------------
 
-    def _on_probs(self, kind: str, name: str, probs: Tensor) -> None:
-        if self._call is None or not self._attn_step or probs.shape[0] == 0:
+    def _on_unet_call(self, x: Tensor, call: HookCall) -> None:
+        """The k-th UNet call of the generation is call k % n of step k // n (n calls per step, `unet_calls`)."""
+        if self.info is None or not self._unet_calls:
             return
-        self.records[kind].add(name, self._step, self._call[0], probs)
+        n = len(self._unet_calls)
+        self._step, self._images = self._calls // n, self._unet_calls[self._calls % n]
+        self._recording = self._step in self._recorded_set
+        self._calls += 1
 
-    def _on_norm(self, layer: int, which: int, x: Tensor) -> None:
-        if self._call is None or not self._attn_step:
-            return
-        images, cond = self._call
-        self.records["groupnorm"].add(layer, which, self._step, images, x[cond])
+    def _on_probs(self, kind: str, name: str, probs: Tensor, call: HookCall) -> None:
+        self.records[kind].add(name, self._step, self._images, probs, call.queries)
 
-    def _on_time(self, which: int, x: Tensor) -> None:
-        if self._call is None or which in self._time_seen:
-            return  # every row holds the same t, and every UNet call of a step the same embedding: keep one
-        self._time_seen.add(which)
-        self.records["time_embedding"].add(which, self._step, x)
+    def _on_norm(self, layer: int, which: int, x: Tensor, call: HookCall) -> None:
+        self.records["groupnorm"].add(layer, which, self._step, self._images, x)
+
+    def _on_time(self, which: int, x: Tensor, call: HookCall) -> None:
+        if self._step is not None and (self._calls - 1) % len(self._unet_calls) == 0:
+            # every row holds the same t, and every UNet call of a step the same embedding: keep the step's first
+            self.records["time_embedding"].add(which, self._step, x)
 
     # -- asking ------------------------------------------------------------------------------------------------------
 

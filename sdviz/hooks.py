@@ -1,7 +1,10 @@
-"""Named hook points: finding them, choosing them with a filter, and listening to them safely.
+"""Hook points: identity modules at every activation worth seeing, found by name, listened to safely.
 
-Every activation worth seeing passes through a `HookPoint` (an identity module, see `sdviz.models.common`). Its
-name is its module path below the pipeline's three networks:
+Every activation worth seeing passes through a `HookPoint` (the idea is TransformerLens'): an identity module that
+hands what passes through it to its listeners. With no listener it is one Python call that returns its input. A
+listener says which batch rows it wants when it is added (`point.listen(fn, rows=...)`), so that, for instance, a
+trace sees only the conditional half of a guided batch; it observes (its return value is ignored) unless it was
+added as an editor. A hook point's name is its module path below the pipeline's three networks:
 
     unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.hook_probs   cross-attention probabilities
     unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.hook_probs   self-attention probabilities
@@ -26,11 +29,98 @@ import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
-from sdviz.models.common import HookPoint
+# Which rows of a batch a listener wants: all of them (None), a slice, or a function of the batch size (so that a
+# trace can ask for "the conditional half" of a guided batch [uncond; cond] whatever its size).
+Rows = slice | Callable[[int], slice] | None
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """Where the tensor handed to a listener sits: batch rows `rows` of a batch of `batch`, and, for attention
+    probabilities computed in chunks, the query positions `queries` of the layer (None: all of them)."""
+
+    rows: slice
+    batch: int
+    queries: slice | None = None
+
+
+@dataclass(eq=False)
+class Listener:
+    """A function called with (tensor, HookCall) at a hook point, for the rows it registered for.
+
+    An observer's return value is ignored. An *editor* (edit=True) may return a replacement for the rows it saw,
+    which then flows on through the network: editing is always asked for explicitly.
+    """
+
+    fn: Callable[[Tensor, HookCall], Tensor | None]
+    rows: Rows = None
+    edit: bool = False
+
+    def wants(self, batch: int) -> slice:
+        rows = self.rows(batch) if callable(self.rows) else self.rows
+        return slice(0, batch) if rows is None else slice(*rows.indices(batch)[:2])
+
+
+class ListenerHandle:
+    """Returned by `HookPoint.listen`; `remove()` takes the listener off (twice is harmless)."""
+
+    def __init__(self, point: HookPoint, listener: Listener):
+        self.point, self.listener = point, listener
+
+    def remove(self) -> None:
+        if self.listener in self.point.listeners:
+            self.point.listeners.remove(self.listener)
+
+
+class HookPoint(nn.Module):
+    """An identity module: `hook(x) is x` unless an editor listens. Listeners are added with `listen`."""
+
+    def __init__(self):
+        super().__init__()
+        self.listeners: list[Listener] = []
+
+    @property
+    def active(self) -> bool:
+        """True when someone is listening: used to skip work (such as attention probabilities) nobody asked for."""
+        return bool(self.listeners)
+
+    def listen(self, fn: Callable[[Tensor, HookCall], Tensor | None], rows: Rows = None, edit: bool = False):
+        """Call `fn(x, call)` with the rows `rows` of every tensor passing here; returns a handle to remove it."""
+        listener = Listener(fn, rows, edit)
+        self.listeners.append(listener)
+        return ListenerHandle(self, listener)
+
+    def wanted_rows(self, batch: int) -> slice:
+        """The smallest slice of a batch of `batch` rows that covers every listener's rows (empty if none)."""
+        spans = [s for s in (x.wants(batch) for x in self.listeners) if s.stop > s.start]
+        if not spans:
+            return slice(0, 0)
+        return slice(min(s.start for s in spans), max(s.stop for s in spans))
+
+    def forward(self, x: Tensor, rows: slice | None = None, batch: int | None = None, queries: slice | None = None):
+        """Hand `x` to the listeners. `x` holds rows `rows` (default all) of a batch of `batch` rows (default len(x)),
+        and query positions `queries` when it is a chunk of attention probabilities."""
+        if not self.listeners:
+            return x
+        start = 0 if rows is None else rows.start
+        batch = start + len(x) if batch is None else batch
+        edited = False
+        for listener in list(self.listeners):
+            want = listener.wants(batch)
+            lo, hi = max(want.start, start) - start, min(want.stop, start + len(x)) - start
+            if hi <= lo:
+                continue
+            out = listener.fn(x[lo:hi], HookCall(slice(start + lo, start + hi), batch, queries))
+            if listener.edit and out is not None:
+                x, edited = (x, True) if edited else (x.clone(), True)
+                x[lo:hi] = out
+        return x
+
 
 # A name, a glob, a module path, a list of those, or a predicate.
 Filter = str | Iterable[str] | Callable[[str], bool] | None
@@ -74,10 +164,6 @@ def hook_names(model: Any, filter: Filter = None) -> list[str]:
     """
     names = list(hook_points(model))
     return names if filter is None else select(names, filter)
-
-
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
 
 
 def matches(name: str, pattern: str) -> bool:
@@ -130,29 +216,31 @@ def select(names: list[str], filter: Filter, what: str = "hook point") -> list[s
             raise HookNameError(
                 f"{pattern!r} matches no {what} (of {len(names)})"
                 + (f"; close valid names: {', '.join(close)}" if close else "")
-                + ". List them with sdviz.trace.hook_names(pipe)."
+                + ". List them with sdviz.hook_names(pipe)."
             )
         keep |= hit
     return [x for x in names if x in keep]
 
 
 @contextmanager
-def hooks(model: Any, filter: Filter, fn: Callable[[str, Tensor], Any]) -> Iterator[list[str]]:
+def hooks(
+    model: Any, filter: Filter, fn: Callable[[str, Tensor], Any], rows: Rows = None, edit: bool = False
+) -> Iterator[list[str]]:
     """Call `fn(name, tensor)` at every hook point the filter selects, for the duration of a `with` block.
 
-    Yields the selected names. The hooks are removed when the block exits, also when it raises. `fn` must not
-    modify the tensor it is handed: hook points observe, they never change a number.
+    Yields the selected names. The hooks are removed when the block exits, also when it raises. `rows` chooses the
+    batch rows `fn` sees (a slice, or a function of the batch size; default all). Attention probabilities of a large
+    layer arrive in chunks of query positions, one call each (see `sdviz.models.attention`).
+
+    By default `fn` observes: whatever it returns is dropped and no number changes. With `edit=True`, a tensor it
+    returns replaces what it was handed (same shape), and the network goes on with the replacement.
     """
     points = hook_points(model)
     names = select(list(points), filter)
     handles = []
-
-    def listen(name: str, out: Tensor) -> None:
-        fn(name, out)  # whatever fn returns is dropped: a forward hook that returns a value would replace the output
-
     try:
         for name in names:
-            handles.append(points[name].register_forward_hook(lambda _m, _a, out, name=name: listen(name, out)))
+            handles.append(points[name].listen(lambda x, _call, name=name: fn(name, x), rows=rows, edit=edit))
         yield names
     finally:
         for h in handles:

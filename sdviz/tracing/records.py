@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sdviz.trace.layout import AttentionLayer, NormLayer
+from sdviz.tracing.layout import AttentionLayer, NormLayer
 
 
 def _step_list(steps: Any, num_steps: int) -> list[int]:
@@ -113,16 +113,18 @@ class AttentionRecord:
 
     # -- filling ---------------------------------------------------------------------------------------------------
 
-    def add(self, layer: str, step: int, images: slice, probs: Tensor) -> None:
-        """Add one layer's probabilities (b, heads, n, m) of images `images` at step `step` (an index)."""
+    def add(self, layer: str, step: int, images: slice, probs: Tensor, queries: slice | None = None) -> None:
+        """Add one layer's probabilities (b, heads, n, m) of images `images` at step `step` (an index). Large layers
+        arrive in chunks of query positions `queries` (b, heads, chunk, m); the first chunk counts the layer."""
         key = self.key_of[layer]
         s = self._slot[step] if "step" in self.keep else 0
+        queries = slice(None) if queries is None else queries
         if "head" in self.keep:
-            self.sums[key][s, images].add_(probs)
-            self.counts[key][s, images] += 1
+            self.sums[key][s, images, :, queries].add_(probs)
         else:
-            self.sums[key][s, images].add_(probs.sum(1, keepdim=True))  # (b, heads, n, m) -> (b, 1, n, m)
-            self.counts[key][s, images] += probs.shape[1]
+            self.sums[key][s, images, :, queries].add_(probs.sum(1, keepdim=True))  # (b, heads, .) -> (b, 1, .)
+        if queries.start in (None, 0):
+            self.counts[key][s, images] += 1 if "head" in self.keep else probs.shape[1]
 
     def to(self, device: torch.device | str) -> AttentionRecord:
         self.sums = {k: v.to(device) for k, v in self.sums.items()}
@@ -153,7 +155,7 @@ class AttentionRecord:
                     f"{self.kind} was summed over the layers of each resolution during the run; "
                     "trace with keep=['layer'] to ask about single layers (or pick resolution=...)"
                 )
-            from sdviz.trace.hooks import select
+            from sdviz.hooks import select
 
             picked = set(select(list(self.sums), layers, what=f"recorded {self.kind} layer"))
             keys = [k for k in keys if k in picked]
@@ -263,7 +265,7 @@ class SelfAttentionRecord(AttentionRecord):
         """The recorded layer a name, module path or glob stands for (it must stand for exactly one)."""
         if layer in self.sums:
             return layer
-        from sdviz.trace.hooks import select
+        from sdviz.hooks import select
 
         keys = select(list(self.sums), layer, what="recorded self-attention layer")
         if len(keys) != 1:

@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sdviz-installed
 
-.PHONY: demo test lint flowcharts figures graphviz clean
+.PHONY: demo test test-all lint flowcharts figures graphviz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,11 @@ demo: $(STAMP) graphviz
 
 test: $(STAMP) graphviz
 	$(BIN)/python -m ruff check sdviz tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# the checks too slow for `make test` (marked `slow`); CI runs both
+test-all: $(STAMP) graphviz
+	$(BIN)/python -m pytest -q -m slow
 
 flowcharts: $(STAMP) graphviz
 	$(BIN)/python -m sdviz flowchart --out flowcharts

@@ -213,9 +213,13 @@ class Tokenizer:
         Warns (UserWarning) and truncates when the prompt has more than `max_length - 2` tokens; the end token is
         always kept last.
         """
-        # Cut out the special tokens written in the prompt, and clean the text between them (step 1).
-        parts = [p if SPECIAL.fullmatch(p) else clean(p) for p in SPECIAL.split(text) if p]
-        cleaned = "".join(parts)
+        # Cut out the special tokens written in the prompt, exactly as written (case-sensitive), and clean the text
+        # between them (step 1). `SPECIAL.split` puts the special tokens at the odd indices. Which parts are special
+        # is decided here, on the raw text: cleaning lower-cases "<|EndOfText|>" into "<|endoftext|>", which must
+        # stay ordinary text.
+        parts = [(p, i % 2 == 1) for i, p in enumerate(SPECIAL.split(text))]
+        parts = [(p if special else clean(p), special) for p, special in parts if p]
+        cleaned = "".join(p for p, _ in parts)
         words = [w for w in cleaned.split(" ") if w]
         # word_of_char[k]: index in `words` of the word containing character k of `cleaned` (-1 on a space).
         word_of_char: list[int] = []
@@ -232,8 +236,8 @@ class Tokenizer:
         # Steps 2 to 4: split into chunks, spell each chunk in byte symbols, merge.
         body: list[tuple[int, str, int]] = []  # (id, readable token, word index)
         offset = 0
-        for part in parts:
-            if SPECIAL.fullmatch(part):
+        for part, special in parts:
+            if special:
                 body.append((self.encoder[part], part, word_of_char[offset]))
             else:
                 for match in PATTERN.finditer(part):

@@ -93,6 +93,10 @@ HAND_WRITTEN = [
     "a <|startoftext|> b <|endoftext|> c",
     "a <|ENDOFTEXT|> b <|EndOfText|>",
     "<|endoftext|>",
+    "<|EndOfText|>",
+    "<|STARTOFTEXT|>",
+    "<|endoftext|><|EndOfText|><|startoftext|>",
+    "<|EndOfText|> a",
     "</w> hi</w>",
     "&amp; &lt;b&gt; &#39;",
     "cafÃ© mojibake",
@@ -266,6 +270,18 @@ def test_truncation_warns_and_keeps_end_token(tok: Tokenizer) -> None:
     assert enc.ids == [BOS] + [320] * 75 + [EOS]
     assert enc.tokens[-1] == "<|endoftext|>" and enc.word_index[-1] == -1
     assert len(enc.words) == 80 and enc.word_index[-2] == 74
+
+
+def test_special_tokens_match_case_sensitively(ref: transformers.CLIPTokenizer, tok: Tokenizer) -> None:
+    # written exactly, a special token is its id; in another case it is ordinary punctuation and letters, also when
+    # it is the whole prompt (cleaning lower-cases it into the special token's spelling, which must not count)
+    expected = [BOS, 27, 347, 40786, 4160, 91, 285, EOS]  # what transformers gives
+    assert ref("<|EndOfText|>").input_ids == expected
+    assert tok.encode("<|EndOfText|>").ids[:8] == expected
+    assert tok.encode("<|endoftext|>").ids[:3] == [BOS, EOS, EOS] and tok.encode("<|endoftext|>").length == 3
+    enc = tok.encode("x<|endoftext|><|EndOfText|>")
+    assert enc.ids[: enc.length] == [BOS, 343, EOS] + expected[1:]
+    assert enc.tokens[2] == "<|endoftext|>" and enc.tokens[3] == "<"
 
 
 def test_custom_max_length(tok: Tokenizer) -> None:

@@ -1,4 +1,4 @@
-"""Shared test set-up: make `tests/reference.py` importable, keep runs small, and build the SD 1.5 weights once."""
+"""Shared test set-up: make `tests/reference.py` importable, keep runs small, and build reference weights once."""
 
 import gc
 import sys
@@ -11,26 +11,39 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-@pytest.fixture(scope="session")
-def sd15_weights(tmp_path_factory):
-    """Random SD 1.5 weights (fixed seed), written once as a diffusers folder and as a CompVis single file.
-
-    Only files are kept (3.4 GB of UNet is too much to hold twice in memory); tests load what they need.
-    """
+def _write_reference_weights(root: Path, cfg) -> dict[str, Path]:
+    """Random weights of `cfg` (fixed seed, 1-D parameters perturbed so a swapped norm would show), written by the
+    reference libraries as a diffusers folder and, by an independent key mapping, as a CompVis single file."""
     from reference import diffusers_unet, diffusers_vae, hf_clip, perturb_, to_compvis
     from safetensors.torch import save_file
 
-    from sdviz.config import SD15
-
-    root = tmp_path_factory.mktemp("sd15")
     torch.manual_seed(0)
-    clip = perturb_(hf_clip(SD15), 1).eval()
-    vae = perturb_(diffusers_vae(SD15), 2).eval()
-    unet = perturb_(diffusers_unet(SD15), 3).eval()
+    clip = perturb_(hf_clip(cfg), 1).eval()
+    vae = perturb_(diffusers_vae(cfg), 2).eval()
+    unet = perturb_(diffusers_unet(cfg), 3).eval()
     clip.save_pretrained(root / "diffusers" / "text_encoder")
     vae.save_pretrained(root / "diffusers" / "vae")
     unet.save_pretrained(root / "diffusers" / "unet")
-    save_file(to_compvis(unet.state_dict(), vae.state_dict(), clip.state_dict(), SD15), root / "sd15.safetensors")
+    save_file(to_compvis(unet.state_dict(), vae.state_dict(), clip.state_dict(), cfg), root / f"{cfg.name}.safetensors")
     del clip, vae, unet
     gc.collect()
-    return {"diffusers": root / "diffusers", "compvis": root / "sd15.safetensors"}
+    return {"diffusers": root / "diffusers", "compvis": root / f"{cfg.name}.safetensors", "config": cfg}
+
+
+@pytest.fixture(scope="session")
+def sd15_weights(tmp_path_factory):
+    """Random SD 1.5 weights, written once as a diffusers folder and as a CompVis single file (slow tests only).
+
+    Only files are kept (3.4 GB of UNet is too much to hold twice in memory); tests load what they need.
+    """
+    from sdviz.config import SD15
+
+    return _write_reference_weights(tmp_path_factory.mktemp("sd15"), SD15)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """The same for the TINY configuration (every code path of SD 1.5 at tiny widths): fast."""
+    from sdviz.config import TINY
+
+    return _write_reference_weights(tmp_path_factory.mktemp("tiny"), TINY)

@@ -17,6 +17,8 @@ from sdviz.weights import load_models
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
+# full-size SD 1.5 builds: `make test-all` (test_weights compares the TINY layouts in `make test`)
+pytestmark = pytest.mark.slow
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,8 +1,9 @@
 """End to end: sdviz's pipeline equals diffusers' StableDiffusionPipeline / StableDiffusionImg2ImgPipeline.
 
-Identical random SD 1.5 weights (the session's `sd15_weights`), the same initial latents / seed, DDIM with SD 1.5's
-scheduler settings, 4 steps, 64x64 pixels, cfg 7.5. The reference pipelines are built from local components only
-(tokenizer from sdviz's shipped vocabulary, safety checker off): nothing is downloaded.
+Identical random weights (the TINY configuration in `make test`; SD 1.5's full size, `sd15_weights`, among the slow
+tests), the same initial latents / seed, DDIM with SD 1.5's scheduler settings, 4 steps, 64x64 pixels, cfg 7.5. The
+reference pipelines are built from local components only (tokenizer from sdviz's shipped vocabulary, safety checker
+off): nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ transformers = pytest.importorskip("transformers")
 PROMPT = "a photograph of an astronaut riding a horse"
 
 
-@pytest.fixture(scope="module")
-def pipes(sd15_weights):
-    folder = sd15_weights["diffusers"]
+@pytest.fixture(scope="module", params=["tiny", pytest.param("sd15", marks=pytest.mark.slow)])
+def pipes(request):
+    weights = request.getfixturevalue(f"{request.param}_weights")
+    folder = weights["diffusers"]
     components = dict(
         vae=diffusers.AutoencoderKL.from_pretrained(folder / "vae").eval(),
         text_encoder=transformers.CLIPTextModel.from_pretrained(folder / "text_encoder").eval(),
@@ -59,7 +61,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_text_to_image_matches_diffusers(pipes):
     ours, ref, _ = pipes
-    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    start = torch.randn(1, ours.config.unet.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     expected = ref(
         PROMPT,
         height=64,

@@ -2,8 +2,8 @@
 
 `unet_layout` runs the UNet of a configuration once on PyTorch's *meta* device: tensors there have shapes but no
 storage and no arithmetic, so even SD 1.5 at 512x512 "runs" in a fraction of a second with no weights and no
-memory. Forward hooks note the shape at every hook point, the pixel grid of every attention layer and the groups of
-every GroupNorm, in the order the forward pass meets them.
+memory. The shared shape probe (`sdviz.shapes`) notes the shape at every hook point, the pixel grid of every attention
+layer and the groups of every GroupNorm, in the order the forward pass meets them.
 
 `estimate` turns a layout and a recording plan (which records, which layers, which steps, what to keep) into bytes,
 record by record. A trace computes the same estimate before the first denoising step and refuses to start when it
@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from sdviz.config import SDConfig, UNetConfig
-from sdviz.hooks import Filter, HookNameError, HookPoint, close_names, select
-from sdviz.models.attention import Attention, probs_chunk
-from sdviz.models.common import GroupNorm
+from sdviz.hooks import Filter, HookNameError, close_names, select
+from sdviz.models.attention import probs_chunk
+from sdviz.shapes import probe
 
 KINDS = ("cross_attention", "self_attention", "groupnorm", "time_embedding", "latents")
 DEFAULT_RECORD = ("cross_attention", "groupnorm", "time_embedding", "latents")
@@ -80,83 +79,25 @@ class UNetLayout:
         return [name for name, a in self.attention.items() if a.kind == kind]
 
 
-def _unet_on_meta(cfg: UNetConfig) -> nn.Module:
-    from sdviz.models.unet import UNet
-
-    with torch.device("meta"):
-        return UNet(cfg)
-
-
 @functools.lru_cache(maxsize=16)
 def unet_layout(cfg: UNetConfig, latent_hw: tuple[int, int], context_length: int = 77) -> UNetLayout:
-    """Run a UNet of configuration `cfg` on the meta device for one latent of size `latent_hw` and note its shapes.
+    """Run a UNet of configuration `cfg` on the meta device for one latent of size `latent_hw` and note its shapes
+    (with the shared shape probe, `sdviz.shapes.probe`).
 
     Cross- and self-attention are told apart by what the forward pass does (a context is passed or not), not by
     names, and the pixel grid of an attention layer is the (h, w) of the feature map its spatial transformer folds
     into a sequence.
     """
-    from sdviz.models.unet import SpatialTransformer
-
-    unet = _unet_on_meta(cfg)
-    hooks: dict[str, tuple[int, ...]] = {}
-    grids: dict[str, tuple[int, int]] = {}
-    attention: dict[str, tuple[str, int, int, int]] = {}
-    norms: dict[str, tuple[int, int, tuple[int, int]]] = {}
-    handles = []
-
-    # (every hook below returns None: a forward hook that returns a value would replace the module's output)
-    def on_hook(n: str, out: torch.Tensor) -> None:
-        hooks.setdefault(n, tuple(out.shape))
-
-    def on_transformer(n: str, x: torch.Tensor) -> None:
-        grids.setdefault(n, tuple(x.shape[-2:]))
-
-    def on_attention(n: str, mod: Attention, args: tuple, kwargs: dict) -> None:
-        x = args[0]
-        context = args[1] if len(args) > 1 else kwargs.get("context")
-        kind = "self_attention" if context is None else "cross_attention"
-        attention.setdefault(n, (kind, mod.heads, x.shape[1], (x if context is None else context).shape[1]))
-
-    def on_norm(n: str, mod: GroupNorm, x: torch.Tensor) -> None:
-        norms.setdefault(n, (mod.num_groups, mod.num_channels, tuple(x.shape[-2:])))
-
-    for path, m in unet.named_modules():
-        name = f"unet.{path}" if path else "unet"
-        if isinstance(m, HookPoint):
-            handles.append(m.listen(lambda out, _call, n=name: on_hook(n, out)))
-        elif isinstance(m, SpatialTransformer):
-            handles.append(m.register_forward_pre_hook(lambda _m, a, n=name: on_transformer(n, a[0])))
-        elif isinstance(m, Attention):
-            handles.append(
-                m.register_forward_pre_hook(lambda mod, a, kw, n=name: on_attention(n, mod, a, kw), with_kwargs=True)
-            )
-        elif isinstance(m, GroupNorm):
-            handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: on_norm(n, mod, a[0])))
-    try:
-        with torch.no_grad():
-            x = torch.empty(1, cfg.in_channels, *latent_hw, device="meta")
-            context = torch.empty(1, context_length, cfg.context_dim, device="meta")
-            unet(x, 999, context)
-    finally:
-        for h in handles:
-            h.remove()
-
-    def grid_of(attn_path: str) -> tuple[int, int]:
-        owners = [p for p in grids if attn_path.startswith(p + ".")]
-        return grids[max(owners, key=len)]
-
-    layers = {}
-    for path, (kind, heads, n, m) in attention.items():
-        layers[f"{path}.hook_probs"] = AttentionLayer(f"{path}.hook_probs", kind, heads, n, m, grid_of(path))
-    # forward order of the attention layers = order in which their hook points fired
-    ordered = {k: layers[k] for k in hooks if k in layers}
-    gn = {p: NormLayer(p, g, c, hw) for p, (g, c, hw) in norms.items()}
+    x = torch.empty(1, cfg.in_channels, *latent_hw, device="meta")
+    context = torch.empty(1, context_length, cfg.context_dim, device="meta")
+    p = probe(cfg, x, 999, context)
+    attention = {n: AttentionLayer(n, a.kind, a.heads, a.n, a.m, a.hw) for n, a in p.attention.items()}
     return UNetLayout(
         latent=(cfg.in_channels, *latent_hw),
-        hooks=hooks,
-        attention=ordered,
-        groupnorm=gn,
-        time_dims=(hooks["unet.hook_time_sinusoid"][-1], hooks["unet.hook_time_embedding"][-1]),
+        hooks=dict(p.hooks),
+        attention=attention,
+        groupnorm={n: NormLayer(n, g.groups, g.channels, g.hw) for n, g in p.groupnorm.items()},
+        time_dims=(p.hooks["unet.hook_time_sinusoid"][-1], p.hooks["unet.hook_time_embedding"][-1]),
     )
 
 

@@ -9,7 +9,8 @@
     self_attention_figure(tr, layer, pixels)   where a few pixels looked, in one self-attention layer
 
 The functions build `matplotlib.figure.Figure` objects directly (not through pyplot), so they keep no global state
-and work with any backend; notebooks display them as they display any figure.
+and work with any backend; they are `sdviz.viz.display.Figure`s, which notebooks show as PNG even when pyplot was
+never imported.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
+
+from sdviz.viz.display import Figure  # a matplotlib Figure that notebooks display with or without pyplot
 
 # Words that carry no object to point at: left out of the default overlays (ask for them by name if you like).
 STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "at", "to", "and", "with", "is", "are", "its"})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sdviz.config import TINY
+from sdviz.toy import loop
 from sdviz.toy import train as T
 
 KW = dict(config=TINY, batch_size=4, log_every=1, progress=False, threads=1, seed=3, measure_images=64)
@@ -78,8 +80,47 @@ def test_unet_stage_needs_a_trained_vae(tmp_path: Path) -> None:
 
 
 def test_lr_schedule() -> None:
-    s = T.StageSettings(steps=100, batch_size=1, lr=1.0, warmup=10, final_lr_ratio=0.1)
-    assert T.lr_at(5, s) == pytest.approx(0.5)
-    assert T.lr_at(10, s) == pytest.approx(1.0)
-    assert T.lr_at(100, s) == pytest.approx(0.1)
-    assert all(T.lr_at(i, s) >= T.lr_at(i + 1, s) for i in range(10, 100))
+    s = loop.StageSettings(steps=100, batch_size=1, lr=1.0, warmup=10, final_lr_ratio=0.1)
+    assert loop.lr_at(5, s) == pytest.approx(0.5)
+    assert loop.lr_at(10, s) == pytest.approx(1.0)
+    assert loop.lr_at(100, s) == pytest.approx(0.1)
+    assert all(loop.lr_at(i, s) >= loop.lr_at(i + 1, s) for i in range(10, 100))
+
+
+def test_train_restores_the_number_of_threads(tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    T.train(tmp_path, stage="vae", steps=1, **{**KW, "threads": 1})
+    assert torch.get_num_threads() == 2
+    with pytest.raises(FileNotFoundError):  # also when training fails
+        T.train(tmp_path / "other", stage="unet", steps=1, **{**KW, "threads": 1})
+    assert torch.get_num_threads() == 2
+
+
+def test_the_losses_on_known_inputs() -> None:
+    """The Min-SNR weight is 1 where SNR <= gamma and gamma / SNR above; a perfect noise predictor has loss 0."""
+    from sdviz.config import ScheduleConfig
+    from sdviz.samplers.schedule import NoiseSchedule
+    from sdviz.toy import losses
+
+    schedule = NoiseSchedule(ScheduleConfig())
+    t = torch.arange(1000)
+    w = losses.min_snr_weight(schedule, t, gamma=5.0)
+    snr = schedule.snr
+    assert torch.equal(w[snr <= 5], torch.ones(int((snr <= 5).sum())))
+    torch.testing.assert_close(w[snr > 5], 5.0 / snr[snr > 5])
+
+    class Oracle(torch.nn.Module):  # knows z0, so it can recover the noise from x_t exactly (DDPM eq. 4 inverted)
+        def __init__(self, z0: torch.Tensor) -> None:
+            super().__init__()
+            self.z0 = z0
+
+        def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            a = schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+            return (x_t - a.sqrt() * self.z0) / (1 - a).sqrt()
+
+    z0 = torch.randn(8, 4, 16, 16)
+    loss, mse = losses.diffusion_loss(Oracle(z0), torch.zeros(8, 77, 16), z0, schedule, torch.Generator())
+    assert mse.shape == (8,) and loss.item() < 1e-8
+    rng = np.random.default_rng(0)
+    dropped = losses.drop_captions(["a red circle"] * 1000, rng)
+    assert 60 < dropped.count("") < 140 and set(dropped) == {"", "a red circle"}

@@ -465,3 +465,60 @@ def test_the_attention_validation_runs_and_counts_every_object(pipe):
     n_objects = sum(len(world.parse_caption(p).objects) for p, _ in world.held_out_prompts(4))
     assert report["objects"] + report["skipped_not_drawn"] == n_objects
     assert 0.0 <= report["miou"]["noun"] <= 1.0 and set(report["baseline"]) == {"whole_image", "centre_disc"}
+
+
+# -- bad input and memory ------------------------------------------------------------------------------------------
+
+
+def test_loading_what_is_not_a_trace_says_so_in_one_line(pipe, tmp_path):
+    with trace(pipe, record=["cross_attention", "latents"]) as tr:
+        gen(pipe, steps=2)
+    data = tr.save(tmp_path / "good.pt").read_bytes()
+    cases = {
+        "truncated.pt": data[: len(data) // 2],
+        "empty.pt": b"",
+        "notes.txt": b"this is a text file, not a trace\n",
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match="not \\(or no longer\\) an sdviz trace") as e:
+            load(tmp_path / name)
+        assert str(tmp_path / name) in str(e.value) and "\n" not in str(e.value), name
+    torch.save({"a": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not an sdviz trace"):
+        load(tmp_path / "other.pt")
+    damaged = torch.load(tmp_path / "good.pt", weights_only=True)
+    del damaged["records"]
+    torch.save(damaged, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match="an sdviz trace, but damaged: KeyError"):
+        load(tmp_path / "damaged.pt")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load(tmp_path / "missing.pt")
+
+
+PEAK_SCRIPT = """
+import json, resource, sys
+import torch
+import sdviz
+torch.set_num_threads(2)
+pipe = sdviz.load_pipeline()
+settings = dict(height=256, width=256, steps=1, cfg_scale=5.0, sampler="ddim", seed=0, progress=False)
+pipe.generate("a red circle above a blue square", **settings)  # the untraced run sets the baseline peak
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with sdviz.trace(pipe, record="all", max_bytes=2**31) as tr:
+    pipe.generate("a red circle above a blue square", **settings)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"growth": after - before, "records": tr.estimate.records, "total": tr.estimate.total}))
+"""
+
+
+def test_a_traces_peak_memory_stays_within_its_estimate():
+    """The embedded model at 256x256 (64x64 latents: 4096 x 4096 self-attention), every record: the process's peak
+    grows by no more than 1.25x the estimate, which counts the records and one chunk of observed probabilities."""
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True, timeout=600)
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    assert m["records"] > 100e6  # big enough for the measurement to mean something
+    assert m["growth"] <= 1.25 * m["total"], m

@@ -467,14 +467,17 @@ class Trace:
     @classmethod
     def load(cls, path: str | Path) -> Trace:
         """A trace saved by `save`, with every query method and plot, and no pipeline."""
-        d = torch.load(Path(path), map_location="cpu", weights_only=True)
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch's reader: zip errors, EOFError, unpickling errors, KeyError ...
+            raise ValueError(f"{path} is not (or no longer) an sdviz trace: unreadable ({_first_line(e)})") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an sdviz trace")
-        if d["version"] > VERSION:
-            raise ValueError(f"{path} is an sdviz trace of format {d['version']}; this sdviz reads up to {VERSION}")
-        tr = cls(None, record=d["info"]["record"])
-        tr.info, tr.encodings, tr.images_u8, tr.layers = d["info"], d["encodings"], d["images"], d["layers"]
-        tr.keep = {k: frozenset(v) for k, v in d["keep"].items()}
+            raise ValueError(f"{path} is not an sdviz trace (it holds no sdviz trace format marker)")
+        if not isinstance(d.get("version"), int) or d["version"] > VERSION:
+            raise ValueError(f"{path} is an sdviz trace of format {d.get('version')}; this sdviz reads up to {VERSION}")
         loaders = {
             "cross_attention": AttentionRecord,
             "self_attention": SelfAttentionRecord,
@@ -482,8 +485,19 @@ class Trace:
             "time_embedding": TimeEmbeddingRecord,
             "latents": LatentsRecord,
         }
-        tr.records = {k: loaders[k].from_state_dict(v) for k, v in d["records"].items() if k in KINDS}
+        try:
+            tr = cls(None, record=d["info"]["record"])
+            tr.info, tr.encodings, tr.images_u8, tr.layers = d["info"], d["encodings"], d["images"], d["layers"]
+            tr.keep = {k: frozenset(v) for k, v in d["keep"].items()}
+            tr.records = {k: loaders[k].from_state_dict(v) for k, v in d["records"].items() if k in KINDS}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path} is an sdviz trace, but damaged: {_first_line(e)}") from None
         return tr
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def trace(

@@ -5,13 +5,45 @@ model that sdviz trains itself and ships (see `sdviz/toy/`), built from exactly 
 random-weights configuration for fast tests.
 
 A configuration is pure data: it can be written to and read from JSON (`to_dict` / `from_dict`), which is how
-sdviz's own weight files carry their architecture.
+sdviz's own weight files carry their architecture. Every configuration checks its values when it is made (a
+positive width, heads that divide it, ...), and `from_dict` also checks the types of what JSON gave it, so that a
+bad file is a `ConfigError` naming the field ("unet.model_channels: ...") rather than a crash deep in a network.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration field of the wrong type or out of range. `field` is its name, dotted from the top when the
+    value came through `SDConfig.from_dict` ("unet.model_channels")."""
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        super().__init__(f"{field}: {problem}")
+
+
+def _require(ok: bool, field: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(field, problem)
+
+
+def _positive(cfg, *names: str) -> None:
+    """Each named field is an integer >= 1 (or a tuple of them)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, tuple):
+            ok, problem = len(value) > 0 and all(v >= 1 for v in value), f"must be integers >= 1, got {list(value)}"
+        else:
+            ok, problem = value >= 1, f"must be >= 1, got {value}"
+        _require(ok, name, problem)
+
+
+def _divides(groups: int, channels: int, field: str, what: str) -> None:
+    _require(channels % groups == 0, field, f"{groups} {what} do not divide {channels} channels")
 
 
 @dataclass(frozen=True)
@@ -25,6 +57,16 @@ class CLIPConfig:
     heads: int = 12
     mlp_ratio: int = 4  # the MLP's hidden size is mlp_ratio * width (3072)
     eps: float = 1e-5  # LayerNorm epsilon
+
+    def __post_init__(self) -> None:
+        _positive(self, "vocab_size", "width", "layers", "heads", "mlp_ratio")
+        _require(
+            self.max_length >= 2,
+            "max_length",
+            f"must leave room for the start and end tokens (>= 2), got {self.max_length}",
+        )
+        _divides(self.heads, self.width, "heads", "heads")
+        _require(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +83,12 @@ class VAEConfig:
     # Latents are multiplied by this after encoding and divided by it before decoding, so that the
     # UNet sees latents of roughly unit variance (Rombach et al. 2022, section 3.1 / appendix G).
     scaling_factor: float = 0.18215
+
+    def __post_init__(self) -> None:
+        _positive(self, "in_channels", "latent_channels", "base_channels", "channel_mult", "num_res_blocks", "groups")
+        _divides(self.groups, self.base_channels, "groups", "groups")
+        _require(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
+        _require(self.scaling_factor > 0, "scaling_factor", f"must be > 0, got {self.scaling_factor}")
 
     @property
     def downsampling_factor(self) -> int:
@@ -66,6 +114,34 @@ class UNetConfig:
     flip_sin_to_cos: bool = True  # SD puts cos before sin in the sinusoidal embedding
     freq_shift: int = 0
 
+    def __post_init__(self) -> None:
+        _positive(self, "in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks", "num_heads")
+        _positive(self, "transformer_depth", "context_dim", "groups", "time_embed_mult")
+        _require(
+            self.model_channels % 2 == 0,
+            "model_channels",
+            f"must be even (the sinusoidal time embedding is half cosines, half sines), got {self.model_channels}",
+        )
+        _require(
+            len(self.attention_levels) == len(self.channel_mult),
+            "attention_levels",
+            f"needs one entry per level of channel_mult ({len(self.channel_mult)}), got {len(self.attention_levels)}",
+        )
+        _divides(self.groups, self.model_channels, "groups", "groups")
+        # the spatial transformers: at every attention level, and always in the middle block
+        for mult, attention in [
+            *zip(self.channel_mult, self.attention_levels, strict=True),
+            (self.channel_mult[-1], True),
+        ]:
+            if attention:
+                _divides(self.num_heads, self.model_channels * mult, "num_heads", "heads")
+        _require(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
+        _require(
+            0 <= self.freq_shift < self.model_channels // 2,
+            "freq_shift",
+            f"must be in [0, model_channels / 2), got {self.freq_shift}",
+        )
+
     @property
     def time_embed_dim(self) -> int:
         return self.time_embed_mult * self.model_channels
@@ -79,6 +155,14 @@ class ScheduleConfig:
     beta_start: float = 0.00085
     beta_end: float = 0.012
 
+    def __post_init__(self) -> None:
+        _positive(self, "num_train_timesteps")
+        _require(
+            0 < self.beta_start <= self.beta_end < 1,
+            "beta_start",
+            f"0 < beta_start <= beta_end < 1 is needed, got {self.beta_start} and {self.beta_end}",
+        )
+
 
 @dataclass(frozen=True)
 class SDConfig:
@@ -91,6 +175,14 @@ class SDConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     image_size: int = 512  # default generation size in pixels
 
+    def __post_init__(self) -> None:
+        factor = self.vae.downsampling_factor
+        _require(
+            self.image_size >= factor and self.image_size % factor == 0,
+            "image_size",
+            f"must be a positive multiple of the VAE's downsampling factor {factor}, got {self.image_size}",
+        )
+
     @property
     def latent_size(self) -> int:
         return self.image_size // self.vae.downsampling_factor
@@ -100,24 +192,71 @@ class SDConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SDConfig:
-        def build(kind, values):
-            names = {f.name for f in dataclasses.fields(kind)}
-            unknown = set(values) - names
-            if unknown:
-                raise ValueError(f"unknown {kind.__name__} field(s): {sorted(unknown)}")
-            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        """Rebuild a configuration from `to_dict`'s output (e.g. read from JSON), checking every value.
 
-        d = dict(d)
-        return build(
-            cls,
-            {
-                **d,
-                "clip": build(CLIPConfig, d.get("clip", {})),
-                "vae": build(VAEConfig, d.get("vae", {})),
-                "unet": build(UNetConfig, d.get("unet", {})),
-                "schedule": build(ScheduleConfig, d.get("schedule", {})),
-            },
+        Missing fields take their defaults; an unknown field, a value of the wrong type (`"48"` for an integer, `1.5`
+        for an integer, a list of the wrong things) or out of range raises a `ConfigError` that names the field.
+        """
+        _require(isinstance(d, dict), "config", f"must be a JSON object, got {_describe(d)}")
+        sections = {"clip": CLIPConfig, "vae": VAEConfig, "unet": UNetConfig, "schedule": ScheduleConfig}
+        values = {k: v for k, v in d.items() if k not in sections}
+        values.update({name: _build(kind, d.get(name, {}), name) for name, kind in sections.items()})
+        return _build(cls, values, "")
+
+
+def _describe(value) -> str:
+    """A value as a reader would write it in JSON: 'the string "48"', 'null', 'a list'."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (list, tuple)):
+        return f"a list {list(value)!r}"[:80]
+    if isinstance(value, dict):
+        return "an object"
+    return repr(value)
+
+
+def _check_type(value, hint, field: str):
+    """`value` converted to the field's type (int -> float, list -> tuple), or a ConfigError naming the field."""
+    if hint is bool:
+        _require(isinstance(value, bool), field, f"must be true or false, got {_describe(value)}")
+    elif hint is int:
+        _require(
+            isinstance(value, int) and not isinstance(value, bool), field, f"must be an integer, got {_describe(value)}"
         )
+    elif hint is float:
+        _require(
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            field,
+            f"must be a number, got {_describe(value)}",
+        )
+        value = float(value)
+    elif hint is str:
+        _require(isinstance(value, str), field, f"must be a string, got {_describe(value)}")
+    elif typing.get_origin(hint) is tuple:
+        _require(isinstance(value, (list, tuple)), field, f"must be a list, got {_describe(value)}")
+        element = typing.get_args(hint)[0]
+        value = tuple(_check_type(v, element, f"{field}[{i}]") for i, v in enumerate(value))
+    return value
+
+
+def _build(kind, values, prefix: str):
+    """`kind(**values)` with every value type-checked, and errors naming the field from the top ("unet.groups")."""
+    where = prefix or "config"
+    _require(isinstance(values, dict), where, f"must be a JSON object, got {_describe(values)}")
+    hints = typing.get_type_hints(kind)
+    names = [f.name for f in dataclasses.fields(kind)]
+    unknown = sorted(set(values) - set(names))
+    _require(not unknown, where, f"unknown {kind.__name__} field(s): {unknown}")
+    dotted = f"{prefix}." if prefix else ""
+    checked = {
+        k: v if dataclasses.is_dataclass(hints[k]) else _check_type(v, hints[k], dotted + k) for k, v in values.items()
+    }
+    try:
+        return kind(**checked)  # its __post_init__ checks the ranges
+    except ConfigError as e:
+        raise ConfigError(dotted + e.field, e.problem) from None
 
 
 SD15 = SDConfig()

@@ -17,16 +17,19 @@ Every failure is a `WeightsError` with a one-line message that names the file an
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import pickle
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from sdviz.config import SD15, CLIPConfig, SDConfig, UNetConfig, VAEConfig
+from sdviz.config import SD15, ConfigError, SDConfig, UNetConfig, VAEConfig
 from sdviz.models.clip import CLIPTextEncoder
 from sdviz.models.unet import UNet
 from sdviz.models.vae import VAE
@@ -53,8 +56,14 @@ class Models:
 # Reading files
 
 
-def read_state_dict(path: str | Path) -> StateDict:
-    """Read one `.safetensors`, `.ckpt`, `.pt` or `.bin` file into a flat {name: tensor} dict, on the CPU.
+def read_state_dict(
+    path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> StateDict:
+    """Read one `.safetensors`, `.ckpt`, `.pt` or `.bin` file into a flat {name: tensor} dict.
+
+    Tensors are read one at a time; each floating-point one is converted to `dtype` (None keeps the file's) and
+    every one is moved to `device` as soon as it is read, so the host never holds the whole file in its stored
+    precision as well as the converted copy (SD 1.5 stored in fp32 and loaded in fp16: 2.1 GB instead of 6.4 GB).
 
     Pickle-based files are read with `torch.load(weights_only=True)`: a checkpoint whose unpickling would need to
     run code (pickled classes, callbacks) is refused rather than executed.
@@ -62,14 +71,88 @@ def read_state_dict(path: str | Path) -> StateDict:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    tensors = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
+    out = {}
+    for name, tensor in tensors:
+        out[name] = tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
+        del tensor  # the file's copy goes before the next one is read
+    return out
 
+
+# The element types of the safetensors format (its "dtype" strings) that torch can hold.
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def _read_safetensors(path: Path) -> Iterator[tuple[str, Tensor]]:
+    """Yield the tensors of a safetensors file one at a time, with plain file reads.
+
+    The format: 8 bytes (little-endian) giving the length N of a JSON header, the header
+    `{name: {"dtype": "F32", "shape": [320, 4, 3, 3], "data_offsets": [begin, end]}, "__metadata__": {...}}`, then
+    the tensors' bytes, their offsets counted from the end of the header. The `safetensors` package memory-maps the
+    file instead, and every mapped page that is read counts in the process's resident memory until the file is
+    closed: converting a 4.3 GB fp32 file to fp16 would then peak at 6.4 GB.
+    """
+
+    def bad(why: str) -> WeightsError:
+        return WeightsError(f"{path}: not a readable safetensors file ({why})")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        first = f.read(8)
+        if len(first) < 8:
+            raise bad(f"{size} bytes, shorter than the 8-byte header length")
+        n = int.from_bytes(first, "little")
+        if n > size - 8:
+            raise bad(f"the header length {n} exceeds the file's {size} bytes: truncated, or another format")
         try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise bad(f"the header is not JSON: {_first_line(e)}") from None
+        if not isinstance(header, dict):
+            raise bad("the header is not a JSON object")
+        header.pop("__metadata__", None)
+        data_start, entries = 8 + n, []
+        for name, info in header.items():
+            try:
+                dtype, shape, (begin, end) = _SAFETENSORS_DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
+                if not all(isinstance(v, int) and v >= 0 for v in [*shape, begin, end]):
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):
+                raise bad(f"bad header entry for {name!r}: {info!r}"[:300]) from None
+            if end - begin != math.prod(shape) * dtype.itemsize:
+                raise bad(f"tensor {name!r}: {end - begin} bytes for shape {tuple(shape)} of {info['dtype']}")
+            if data_start + end > size:
+                raise bad(f"truncated: tensor {name!r} ends at byte {data_start + end}, the file has {size}")
+            entries.append((begin, end, name, dtype, shape))
+        for begin, end, name, dtype, shape in sorted(entries, key=lambda e: e[0]):  # in file order
+            f.seek(data_start + begin)
+            data = torch.empty(end - begin, dtype=torch.uint8)
+            view, done = memoryview(data.numpy()), 0
+            while done < len(view):  # a read may return fewer bytes than asked for
+                got = f.readinto(view[done:])
+                if not got:
+                    raise bad(f"truncated while reading tensor {name!r}")
+                done += got
+            yield name, data.view(dtype).reshape(shape)
+            del data, view  # the caller has converted it (or kept it): do not hold it while reading the next one
+
+
+def _read_torch(path: Path) -> Iterator[tuple[str, Tensor]]:
+    """Yield the tensors of a `torch.save` file (zip archive, or the older plain pickle), loaded weights-only.
+
+    `torch.load` reads the whole file first, so for these files host memory peaks near the file's size (not
+    memory-mapped, which would count the same and keep the file mapped for the model's lifetime).
+    """
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04" and not magic.startswith(b"\x80"):  # a zip archive; pickle protocol 2 or later
+        raise WeightsError(
+            f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle: it starts with {magic!r})"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -85,7 +168,9 @@ def read_state_dict(path: str | Path) -> StateDict:
         obj = obj["state_dict"]  # Lightning / LDM checkpoints wrap the weights
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: does not hold a state dict of tensors")
-    return obj
+    while obj:  # hand each tensor over and forget it, so that a converted copy replaces it rather than adds to it
+        name = next(iter(obj))
+        yield name, obj.pop(name)
 
 
 def _unsupported_global(e: BaseException) -> str:
@@ -305,34 +390,67 @@ def build_models(cfg: SDConfig, device: str | torch.device = "cpu", dtype: torch
     return Models(cfg, te.to(dtype), vae.to(dtype), unet.to(dtype))
 
 
-def _load_into(module: nn.Module, sd: StateDict, component: str, path: str | Path, names: dict[str, str] | None = None):
-    """Strict load with one-line errors that name the key (in the file's own naming when known) and the file."""
-    expected = module.state_dict()
-    names = names or {}
+@dataclass
+class Source:
+    """Where a model's state dicts came from, for error messages.
+
+    files: the file each component was read from ({component: path}), or `path` itself for all of them.
+    names: {"component.sdviz_name": key in the file} where the file names keys differently (CompVis).
+    prefix: {component: what the file puts before sdviz's names} (sdviz's own files: "unet.").
+    why: appended to a key error: what disagrees with what ("<component>" is replaced by the component's name).
+    """
+
+    path: Path
+    files: dict[str, Path] = dataclasses.field(default_factory=dict)
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
+    prefix: dict[str, str] = dataclasses.field(default_factory=dict)
+    why: str = ""
+
+    def file(self, component: str) -> Path:
+        return self.files.get(component, self.path)
+
+    def why_for(self, component: str) -> str:
+        return self.why.replace("<component>", component)
+
+
+def _load_into(module: nn.Module, sd: StateDict, component: str, source: Source) -> None:
+    """Strict `load_state_dict(assign=True)`: the file's tensors become the module's, already in the dtype and on
+    the device asked for. Missing, unexpected and mis-shaped keys are one-line errors that name the file and the key
+    (in the file's own naming when known)."""
+    expected = module.state_dict()  # on the meta device: names and shapes, no memory
 
     def name(key: str) -> str:
-        return names.get(f"{component}.{key}", key)
+        return source.names.get(f"{component}.{key}", source.prefix.get(component, "") + key)
 
+    file, why = source.file(component), source.why_for(component)
     for key in expected:
         if key not in sd:
-            raise WeightsError(f"{path}: missing key {key!r} of the {component}")
+            raise WeightsError(f"{file}: missing key {name(key)!r} of the {component}{why}")
     for key, value in sd.items():
         if key not in expected:
-            raise WeightsError(f"{path}: unexpected key {name(key)!r} for the {component}")
+            raise WeightsError(f"{file}: unexpected key {name(key)!r} for the {component}{why}")
         if tuple(value.shape) != tuple(expected[key].shape):
             raise WeightsError(
-                f"{path}: key {name(key)!r} has shape {tuple(value.shape)}, the {component} expects "
-                f"{tuple(expected[key].shape)} (a checkpoint of another model or configuration?)"
+                f"{file}: key {name(key)!r} has shape {tuple(value.shape)}, the {component} expects "
+                f"{tuple(expected[key].shape)}{why}"
             )
     module.load_state_dict(sd, strict=True, assign=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:  # only a buffer kept out of the state dict (persistent=False) can be left empty: sdviz has none
+        raise RuntimeError(f"the {component}'s {left[0]!r} is not in its state dict and stays unset after a meta build")
 
 
-def _from_state_dicts(cfg: SDConfig, sds: dict[str, StateDict], path, device, dtype, names=None) -> Models:
-    with torch.device("meta"):  # no time spent on random init: every tensor comes from the file
+def _from_state_dicts(cfg: SDConfig, sds: dict[str, StateDict], source: Source) -> Models:
+    """The three networks built on the meta device (no memory, no random init) and given the state dicts' tensors.
+
+    The tensors must already be in the dtype and on the device wanted (`read_state_dict` converts them as it reads):
+    nothing is copied here, so the host never holds a second copy of the model.
+    """
+    with torch.device("meta"):
         modules = {"text_encoder": CLIPTextEncoder(cfg.clip), "vae": VAE(cfg.vae), "unet": UNet(cfg.unet)}
     for component, module in modules.items():
-        _load_into(module, sds[component], component, path, names)
-        module.to(device=device, dtype=dtype).eval()
+        _load_into(module, sds.pop(component), component, source)
+        module.eval()
     return Models(cfg, modules["text_encoder"], modules["vae"], modules["unet"])
 
 
@@ -362,23 +480,42 @@ def load_models(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Models:
-    """Load a text encoder, VAE and UNet from any supported layout (see the module docstring)."""
+    """Load a text encoder, VAE and UNet from any supported layout (see the module docstring).
+
+    The networks are built on the meta device and take the file's tensors as they are, converted to `dtype` and
+    moved to `device` one tensor at a time while reading: host memory peaks near the model's size in `dtype` (plus
+    one tensor), whatever the file's precision. `config` overrides the architecture that the files describe
+    (CompVis files describe none: SD 1.5 is assumed).
+    """
     path = Path(path)
     fmt = detect_format(path)
+    overridden = ": the weights do not match the configuration passed to load_models" if config else ""
     if fmt == "sdviz":
-        cfg, sd = read_sdviz(path)
-        sds = {c: {k[len(c) + 1 :]: v for k, v in sd.items() if k.startswith(c + ".")} for c in COMPONENTS}
+        cfg = read_sdviz_config(path)
+        source = Source(
+            path / "model.safetensors",
+            prefix={c: f"{c}." for c in COMPONENTS},
+            why=overridden or f": the weights and the configuration in {path / 'sdviz.json'} describe different models",
+        )
+        sd = read_state_dict(path / "model.safetensors", dtype, device)
         stray = [k for k in sd if k.split(".")[0] not in COMPONENTS]
         if stray:
-            raise WeightsError(f"{path}: unexpected key {stray[0]!r}")
-        return _from_state_dicts(config or cfg, sds, path, device, dtype)
+            raise WeightsError(
+                f"{source.path}: unexpected key {stray[0]!r} (not part of the UNet, VAE or text encoder)"
+            )
+        sds = {c: {k[len(c) + 1 :]: v for k, v in sd.items() if k.startswith(c + ".")} for c in COMPONENTS}
+        del sd
+        return _from_state_dicts(config or cfg, sds, source)
     if fmt == "diffusers":
         cfg = config or config_from_diffusers(path)
-        sds = {c: from_diffusers(c, read_state_dict(_diffusers_file(path, c))) for c in COMPONENTS}
-        return _from_state_dicts(cfg, sds, path, device, dtype)
+        files = {c: _diffusers_file(path, c) for c in COMPONENTS}
+        sds = {c: from_diffusers(c, read_state_dict(files[c], dtype, device)) for c in COMPONENTS}
+        why = overridden or f": the weights and {path / '<component>' / 'config.json'} describe different models"
+        return _from_state_dicts(cfg, sds, Source(path, files=files, why=why))
     cfg, names = config or SD15, {}
-    sds = from_compvis(read_state_dict(path), cfg, path, names)
-    return _from_state_dicts(cfg, sds, path, device, dtype, names)
+    sds = from_compvis(read_state_dict(path, dtype, device), cfg, path, names)
+    why = f" (a checkpoint of another model, or of another configuration than {cfg.name}?)"
+    return _from_state_dicts(cfg, sds, Source(path, names=names, why=why))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -408,16 +545,57 @@ def _diffusers_file(folder: Path, component: str) -> Path:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON file that must hold an object ({...}); anything else is a WeightsError naming the file."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WeightsError(f"{path}: missing") from None
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path}: not valid JSON ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: not valid JSON ({_first_line(e)})") from None
+    if not isinstance(value, dict):
+        raise WeightsError(f"{path}: not a JSON object (holds {type(value).__name__ if value is not None else 'null'})")
+    return value
+
+
+# Where each SDConfig field comes from in a diffusers folder: (component folder, key of its config.json). Used to
+# name the file and the key when a value is unusable.
+_DIFFUSERS_KEYS = {
+    "clip.vocab_size": ("text_encoder", "vocab_size"),
+    "clip.max_length": ("text_encoder", "max_position_embeddings"),
+    "clip.width": ("text_encoder", "hidden_size"),
+    "clip.layers": ("text_encoder", "num_hidden_layers"),
+    "clip.heads": ("text_encoder", "num_attention_heads"),
+    "clip.mlp_ratio": ("text_encoder", "intermediate_size"),
+    "clip.eps": ("text_encoder", "layer_norm_eps"),
+    "vae.in_channels": ("vae", "in_channels"),
+    "vae.latent_channels": ("vae", "latent_channels"),
+    "vae.base_channels": ("vae", "block_out_channels"),
+    "vae.channel_mult": ("vae", "block_out_channels"),
+    "vae.num_res_blocks": ("vae", "layers_per_block"),
+    "vae.groups": ("vae", "norm_num_groups"),
+    "vae.scaling_factor": ("vae", "scaling_factor"),
+    "unet.in_channels": ("unet", "in_channels"),
+    "unet.out_channels": ("unet", "out_channels"),
+    "unet.model_channels": ("unet", "block_out_channels"),
+    "unet.channel_mult": ("unet", "block_out_channels"),
+    "unet.attention_levels": ("unet", "down_block_types"),
+    "unet.num_res_blocks": ("unet", "layers_per_block"),
+    "unet.num_heads": ("unet", "attention_head_dim"),
+    "unet.transformer_depth": ("unet", "transformer_layers_per_block"),
+    "unet.context_dim": ("unet", "cross_attention_dim"),
+    "unet.groups": ("unet", "norm_num_groups"),
+    "unet.eps": ("unet", "norm_eps"),
+    "unet.flip_sin_to_cos": ("unet", "flip_sin_to_cos"),
+    "unet.freq_shift": ("unet", "freq_shift"),
+    "image_size": ("unet", "sample_size"),
+}
 
 
 def config_from_diffusers(folder: str | Path) -> SDConfig:
-    """Build an `SDConfig` from the `config.json` files of a diffusers folder (SD 1.x architectures only)."""
+    """Build an `SDConfig` from the `config.json` files of a diffusers folder (SD 1.x architectures only).
+
+    A value of the wrong type or out of range is a WeightsError naming the config.json and its key.
+    """
     folder = Path(folder)
     u = _read_json(folder / "unet" / "config.json")
     v = _read_json(folder / "vae" / "config.json")
@@ -426,53 +604,73 @@ def config_from_diffusers(folder: str | Path) -> SDConfig:
         raise WeightsError(f"{folder}: this UNet is not Stable Diffusion 1.x (SD 2.x/XL layouts are not supported)")
     if t.get("hidden_act", "quick_gelu") != "quick_gelu":
         raise WeightsError(f"{folder}: text encoder uses {t['hidden_act']!r}; sdviz's CLIP implements quick_gelu")
+
+    def number(d: dict, component: str, key: str, default):
+        """A value that the arithmetic below needs: a positive integer, or (block_out_channels) a list of them."""
+        value, many = d.get(key, default), isinstance(default, list)
+
+        def positive(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+        ok = isinstance(value, list) and len(value) > 0 and all(map(positive, value)) if many else positive(value)
+        if not ok:
+            expected = "a non-empty list of positive integers" if many else "a positive integer"
+            raise WeightsError(f"{folder / component / 'config.json'}: {key}: expected {expected}, got {value!r}")
+        return value
+
     heads = u.get("attention_head_dim", 8)
-    if isinstance(heads, list):
-        if len(set(heads)) != 1:
-            raise WeightsError(f"{folder}: per-level head counts {heads} are not supported")
-        heads = heads[0]
-    blocks = u.get("block_out_channels", [320, 640, 1280, 1280])
-    vblocks = v.get("block_out_channels", [128, 256, 512, 512])
-    return SDConfig(
-        name=folder.name,
-        clip=CLIPConfig(
-            vocab_size=t.get("vocab_size", 49408),
-            max_length=t.get("max_position_embeddings", 77),
-            width=t.get("hidden_size", 768),
-            layers=t.get("num_hidden_layers", 12),
-            heads=t.get("num_attention_heads", 12),
-            mlp_ratio=t.get("intermediate_size", 3072) // t.get("hidden_size", 768),
-            eps=t.get("layer_norm_eps", 1e-5),
-        ),
-        vae=VAEConfig(
-            in_channels=v.get("in_channels", 3),
-            latent_channels=v.get("latent_channels", 4),
-            base_channels=vblocks[0],
-            channel_mult=tuple(c // vblocks[0] for c in vblocks),
-            num_res_blocks=v.get("layers_per_block", 2),
-            groups=v.get("norm_num_groups", 32),
-            scaling_factor=v.get("scaling_factor", 0.18215),
-        ),
-        unet=UNetConfig(
-            in_channels=u.get("in_channels", 4),
-            out_channels=u.get("out_channels", 4),
-            model_channels=blocks[0],
-            channel_mult=tuple(c // blocks[0] for c in blocks),
-            attention_levels=tuple("CrossAttn" in b for b in u.get("down_block_types", []))
-            or (True, True, True, False),
-            num_res_blocks=u.get("layers_per_block", 2),
-            num_heads=heads,
-            transformer_depth=u.get("transformer_layers_per_block", 1)
-            if isinstance(u.get("transformer_layers_per_block", 1), int)
-            else 1,
-            context_dim=u.get("cross_attention_dim", 768),
-            groups=u.get("norm_num_groups", 32),
-            eps=u.get("norm_eps", 1e-5),
-            flip_sin_to_cos=u.get("flip_sin_to_cos", True),
-            freq_shift=u.get("freq_shift", 0),
-        ),
-        image_size=u.get("sample_size", 64) * 2 ** (len(vblocks) - 1),
-    )
+    if isinstance(heads, list) and len(set(map(repr, heads))) > 1:
+        raise WeightsError(f"{folder}: per-level head counts {heads} are not supported")
+    depth = u.get("transformer_layers_per_block", 1)
+    blocks = number(u, "unet", "block_out_channels", [320, 640, 1280, 1280])
+    vblocks = number(v, "vae", "block_out_channels", [128, 256, 512, 512])
+    width = number(t, "text_encoder", "hidden_size", 768)
+    down_types = u.get("down_block_types", [])
+    try:
+        return SDConfig.from_dict(
+            {
+                "name": folder.name,
+                "clip": {
+                    "vocab_size": t.get("vocab_size", 49408),
+                    "max_length": t.get("max_position_embeddings", 77),
+                    "width": width,
+                    "layers": t.get("num_hidden_layers", 12),
+                    "heads": t.get("num_attention_heads", 12),
+                    "mlp_ratio": number(t, "text_encoder", "intermediate_size", 3072) // width,
+                    "eps": t.get("layer_norm_eps", 1e-5),
+                },
+                "vae": {
+                    "in_channels": v.get("in_channels", 3),
+                    "latent_channels": v.get("latent_channels", 4),
+                    "base_channels": vblocks[0],
+                    "channel_mult": [c // vblocks[0] for c in vblocks],
+                    "num_res_blocks": v.get("layers_per_block", 2),
+                    "groups": v.get("norm_num_groups", 32),
+                    "scaling_factor": v.get("scaling_factor", 0.18215),
+                },
+                "unet": {
+                    "in_channels": u.get("in_channels", 4),
+                    "out_channels": u.get("out_channels", 4),
+                    "model_channels": blocks[0],
+                    "channel_mult": [c // blocks[0] for c in blocks],
+                    "attention_levels": [isinstance(b, str) and "CrossAttn" in b for b in down_types]
+                    if isinstance(down_types, list) and down_types
+                    else [True, True, True, False],
+                    "num_res_blocks": u.get("layers_per_block", 2),
+                    "num_heads": heads[0] if isinstance(heads, list) and heads else heads,
+                    "transformer_depth": depth if isinstance(depth, int) else 1,
+                    "context_dim": u.get("cross_attention_dim", 768),
+                    "groups": u.get("norm_num_groups", 32),
+                    "eps": u.get("norm_eps", 1e-5),
+                    "flip_sin_to_cos": u.get("flip_sin_to_cos", True),
+                    "freq_shift": u.get("freq_shift", 0),
+                },
+                "image_size": number(u, "unet", "sample_size", 64) * 2 ** (len(vblocks) - 1),
+            }
+        )
+    except ConfigError as e:
+        component, key = _DIFFUSERS_KEYS.get(e.field.split("[")[0], ("unet", e.field))
+        raise WeightsError(f"{folder / component / 'config.json'}: {key}: {e.problem} (sdviz's {e.field})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -498,13 +696,21 @@ def save_sdviz(folder: str | Path, models: Models, dtype: torch.dtype | None = t
     (folder / "sdviz.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def read_sdviz(folder: str | Path) -> tuple[SDConfig, StateDict]:
-    folder = Path(folder)
-    meta = _read_json(folder / "sdviz.json")
-    if meta.get("format") != "sdviz" or "config" not in meta:
-        raise WeightsError(f"{folder / 'sdviz.json'}: not an sdviz model description")
+def read_sdviz_config(folder: str | Path) -> SDConfig:
+    """The `SDConfig` of an sdviz folder, from its `sdviz.json`; every bad value is a WeightsError naming the field."""
+    path = Path(folder) / "sdviz.json"
+    meta = _read_json(path)
+    if not isinstance(meta, dict) or meta.get("format") != "sdviz" or "config" not in meta:
+        raise WeightsError(f"{path}: not an sdviz model description (a JSON object with format 'sdviz' and a config)")
     try:
-        cfg = SDConfig.from_dict(meta["config"])
-    except (TypeError, ValueError) as e:
-        raise WeightsError(f"{folder / 'sdviz.json'}: bad config ({e})") from None
-    return cfg, read_state_dict(folder / "model.safetensors")
+        return SDConfig.from_dict(meta["config"])
+    except ConfigError as e:
+        raise WeightsError(f"{path}: bad config: {e}") from None
+
+
+def read_sdviz(
+    folder: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> tuple[SDConfig, StateDict]:
+    """The configuration and the (prefixed: `unet.conv_in.weight`) state dict of an sdviz folder."""
+    folder = Path(folder)
+    return read_sdviz_config(folder), read_state_dict(folder / "model.safetensors", dtype, device)

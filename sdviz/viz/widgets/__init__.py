@@ -1,0 +1,50 @@
+"""Widgets for JupyterLab (and any front end that runs ipywidgets): watch a traced generation, step by step.
+
+    from sdviz.viz.widgets import player, explorer, studio
+    player(tr)       # the denoising, step by step: x_t, predicted x0 (preview and VAE decode), the noise and guidance
+                     # predictions, the latent channels, t / sigma / alpha_bar / SNR and the schedule; Play and a slider
+    explorer(tr)     # cross-attention: pick a word (or a token), a window of steps, a resolution or layer, a head;
+                     # click a pixel to rank the words by their attention there
+    studio()         # a front panel on the embedded model (or studio(pipe)): generate, watch it live, then the player,
+                     # the explorer, a guidance sweep and a seed grid, in tabs
+
+Each is an object whose `.widget` is the ipywidgets box; as the last expression of a cell it shows the box and, for
+the player and the explorer, an animated GIF of the same run below it, so that a static render of the notebook
+(GitHub, nbviewer) still moves. Frames are prepared once, as PNG bytes, so scrubbing costs a dictionary look-up and
+an assignment (`benchmarks/widget_frames.py` measures it).
+
+    frames.py       numpy / pillow pictures: colour maps, overlays, signed latents, the schedule chart with its marker
+    common.py       captioned panels, colour bars, the static animation
+    checks.py       what a trace must hold (one-line errors)
+    denoising.py    Player (the denoising player)
+    attention.py    Explorer (the cross-attention explorer)
+    front_panel.py  Studio (the front panel)
+
+The names here are imported on first use (ipywidgets is not loaded by `sdviz.viz.animate` or the figures).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Player": "sdviz.viz.widgets.denoising",
+    "player": "sdviz.viz.widgets.denoising",
+    "Explorer": "sdviz.viz.widgets.attention",
+    "explorer": "sdviz.viz.widgets.attention",
+    "Studio": "sdviz.viz.widgets.front_panel",
+    "studio": "sdviz.viz.widgets.front_panel",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sdviz.viz.widgets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

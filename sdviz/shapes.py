@@ -170,7 +170,7 @@ def probe(
     meta = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
     try:
         with torch.no_grad(), within or nullcontext():
-            p.output = getattr(net, method)(*meta)
+            p.output = (net if method == "forward" else getattr(net, method))(*meta)  # net(...): its hooks run
     finally:
         for h in handles:
             h.remove()

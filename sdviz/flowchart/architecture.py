@@ -1,4 +1,4 @@
-"""Architecture diagrams: the seed's pictures of Stable Diffusion, redrawn from the running code.
+"""Architecture diagrams: the seed's pictures of Stable Diffusion, redrawn from the module tree and the shape probe.
 
     architecture_diagram("txt2img")             prompt -> tokenizer -> CLIP -> context; noise; the sampler loop
                                                 (time embedding, UNet, guidance, step); latents -> VAE decoder
@@ -8,37 +8,40 @@
 
 `depth` chooses how far the networks are opened: 1 = components (a box per network), 2 = blocks (the UNet's
 down/mid/up blocks, the text encoder's layers), 3 = layers (inside each block: ResNet blocks, transformers,
-convolutions). Nothing here is drawn by hand: the components and their order come from the modules of a model built
-at the configuration asked for, and every shape on an edge was produced by a traced run (`sdviz.flowchart.runs`).
-Identical neighbours (the 12 layers of the text encoder) are drawn once with their count.
+convolutions). The parts and their order are the modules of a model built at the configuration asked for, in the
+order the shape probe (`sdviz.shapes`) saw them run, and every shape on an edge is one the probe (or the traced
+pipeline) saw; so another configuration draws itself. Identical neighbours (the 12 layers of the text encoder) are
+drawn once with their count; two parts whose outputs the code adds (`self.a(x) + self.b(y)`) meet at a "+".
 """
 
 from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from collections import Counter
+from contextlib import contextmanager
 
 from torch import nn
 
 from sdviz.config import get_config
 from sdviz.flowchart import runs
-from sdviz.flowchart.dot import FONT, HTML, STYLE, Chart, Dot, esc
+from sdviz.flowchart.graph import CALL_COLOR, SHAPE_COLOR, STYLE, Chart, chart, esc, font, title_block
+from sdviz.flowchart.tracer import ShapeFormat
 from sdviz.hooks import HookPoint
+from sdviz.shapes import Call, meta_network
 
 KINDS = ("txt2img", "img2img", "inpaint", "unet")
 DEPTHS = (1, 2, 3)
-SIDE_INPUTS = {"time_embedding"}  # children that are not on the main chain: the UNet's timestep MLP
-
-COMPONENT = dict(fill="#C8E6C9", line="#2E7D32")
-BLOCK = dict(fill="#E8F5E9", line="#2E7D32")
-LAYER = dict(fill="#FFFFFF", line="#2E7D32")
-OP = dict(fill="#FFF3C4", line="#9A7D0A")  # pipeline operations (tokenizer, guidance, sampler step)
 SKIP = "#8E44AD"
 
 
-def _layer_params(m: nn.Module) -> str:
-    """A short description of a torch layer's size: Conv2d 4→320 3×3, Linear 320→1280, ..."""
+def _params(m: nn.Module) -> str:
+    """A short description of a torch layer's size: Conv2d 4→320, 3×3; Linear 320→1280; ..."""
     if isinstance(m, nn.Conv2d):
-        k = m.kernel_size[0]
-        s = f" /{m.stride[0]}" if m.stride[0] > 1 else ""
-        return f"{m.in_channels}→{m.out_channels}, {k}×{k}{s}"
+        return f"{m.in_channels}→{m.out_channels}, {m.kernel_size[0]}×{m.kernel_size[1]}" + (
+            f" /{m.stride[0]}" if m.stride[0] > 1 else ""
+        )
     if isinstance(m, nn.Linear):
         return f"{m.in_features}→{m.out_features}"
     if isinstance(m, nn.GroupNorm):
@@ -50,606 +53,384 @@ def _layer_params(m: nn.Module) -> str:
     return ""
 
 
-class _Item:
-    """One drawn module (or a run of identical neighbours): its path, module, how many, and its traced shapes."""
+def _sums(module: nn.Module) -> dict[str, tuple[str, str]]:
+    """Children whose outputs `forward` adds: {b: (a, b's argument)} for every `self.a(...) + self.b(arg)`."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(type(module).forward)))
 
-    def __init__(self, path: str, module: nn.Module, calls: list, count: int = 1, title: str | None = None):
-        self.path, self.module, self.calls, self.count = path, module, calls, count
-        self.title = title
+    def child(e: ast.expr) -> str | None:
+        ok = isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and isinstance(e.func.value, ast.Name)
+        return e.func.attr if ok and e.func.value.id == "self" else None
+
+    return {
+        child(n.right): (child(n.left), ast.unparse(n.right.args[0]) if n.right.args else "")
+        for n in ast.walk(tree)
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add) and child(n.left) and child(n.right)
+    }
+
+
+class Part:
+    """A module as drawn (or a run of identical neighbours): its path, the module, its calls, and how many."""
+
+    def __init__(self, path: str, module: nn.Module, calls: list[Call], count: int = 1, title: str = ""):
+        self.path, self.module, self.calls, self.count, self.title = path, module, calls, count, title
+        self.paths = [path]  # the paths it stands for (several for identical neighbours)
+        self.first = self.last = ""  # the nodes it was drawn as (first and last of a cluster)
+        self.members: list[Part] = []  # the parts it stands for when it is a group (the UNet's down path)
 
     @property
     def name(self) -> str:
-        if self.title:
-            return self.title
-        parts = self.path.split(".")
-        if parts[-1].isdigit():
-            return f"{parts[-2]}[{parts[-1]}]" if self.count == 1 else parts[-2]
-        return parts[-1]
+        *_, parent, last = ["", *self.path.split(".")]
+        return self.title or (last if not last.isdigit() else f"{parent}[{last}]" if self.count == 1 else parent)
 
     @property
-    def shape_in(self) -> str:
-        return self.calls[0][0][0] if self.calls and self.calls[0][0] else ""
+    def shape_in(self) -> tuple:
+        return self.calls[0].inputs[0] if self.calls and self.calls[0].inputs else ()
 
     @property
-    def shape_out(self) -> str:
-        """The output's shape; for a block that also returns its skip activations, the main output only."""
-        out = self.calls[0][1] if self.calls else ""
-        return out.split("), ")[0] + ")" if out.startswith("(") and "), " in out else out
+    def shape_out(self) -> tuple:
+        out = self.calls[0].output if self.calls else ()
+        return out[0] if out and isinstance(out[0], (tuple, list)) else out  # a down block also returns its skips
 
 
 class Diagram:
-    """Draws the architecture diagrams of one configuration."""
+    """Draws one architecture diagram of one configuration at one depth."""
 
-    def __init__(self, config: str, depth: int):
-        if depth not in DEPTHS:
-            raise ValueError(f"unknown depth {depth!r}; known: 1 (components), 2 (blocks), 3 (layers)")
-        self.config, self.depth = config, depth
-        self.cfg = get_config(config)
-        self.clip, self.vae, self.unet = runs._networks(config)
-        self.calls: dict[str, list] = {}
+    def __init__(self, name: str, config: str, depth: int, title: str, about: str, guided: bool = False):
+        self.cfg, self.depth, self.guided = get_config(config), depth, guided
+        self.calls: dict[str, list[Call]] = {}
         for part in runs.NETWORK_PARTS:
-            for k, v in runs.network_recording(config, part).module_calls.items():
-                self.calls.setdefault(k, v)
-        self.order = {k: i for i, k in enumerate(self.calls)}
-        self.d: Dot | None = None
+            for path, calls in runs.network_run(config, part)[1].calls.items():
+                self.calls.setdefault(path, calls)
+        self.order = {path: i for i, path in enumerate(self.calls)}
+        self.fmt = ShapeFormat(runs.BATCH)
+        self.node_of: dict[str, str] = {}  # module path -> the node it is drawn in
         self.count = 0
-        self._children: dict[str, list[_Item]] = {}
-        self.guided = False  # set by the pipeline diagrams: the UNet runs on [uncond; cond]
+        self.g = chart(name, nodesep="0.25", ranksep="0.3")
+        note = (
+            f"drawn by sdviz from a model built at the {self.cfg.name} configuration and its shapes on the meta "
+            f"device ({self.cfg.image_size}x{self.cfg.image_size}, B = {runs.BATCH} images); depth {depth} of 3"
+        )
+        self.g.attr(label=title_block(title, about, note))
+
+    def shape(self, shape, path: str = "") -> str:
+        """A shape as text, batch as B; with guidance the UNet's batch is 2B (it was probed alone, with B)."""
+        if not shape:
+            return ""
+        if isinstance(shape[0], (tuple, list)):
+            text = ", ".join(self.fmt.shape(s) for s in shape)
+            return f"2× {self.fmt.shape(shape[0])}" if len(set(shape)) == 1 and len(shape) == 2 else text
+        text = self.fmt.shape(shape)
+        return text.replace("(B,", "(2B,") if self.guided and path.startswith("unet") else text
+
+    def channels(self, shape: tuple) -> str:
+        """(B, 320, 64, 64) -> 320 @ 64×64."""
+        return f"{shape[1]} @ {shape[2]}×{shape[3]}" if len(shape) == 4 else self.shape(shape)
+
+    def node(self, kind: str, title: str, detail: str = "", shape: str = "", **attrs) -> str:
+        self.count += 1
+        nid = f"{kind}{self.count}"
+        label = f"<B>{esc(title)}</B>" + "".join(f"<BR/>{font(esc(line), 9)}" for line in detail.splitlines())
+        label += f"<BR/>{font(f'<I>{esc(shape)}</I>', color=SHAPE_COLOR)}" if shape else ""
+        fill, line = STYLE[kind]
+        style = {"data": "filled", "module": "filled,bold"}.get(kind, "filled,rounded")
+        self.g.node(nid, label=f"<{label}>", fillcolor=fill, color=line, style=style, **attrs)
+        return nid
+
+    def edge(self, a: str, b: str, shape="", path: str = "", **attrs) -> None:
+        label = shape if isinstance(shape, str) else self.shape(shape, path)
+        self.g.edge(a, b, label=label or None, **attrs)
 
     # -- the module tree ------------------------------------------------------------------------------------------
 
-    def children(self, module: nn.Module, path: str) -> list[_Item]:
-        """A module's executed children in execution order, identical neighbours merged (EncoderLayer ×12).
-        Memoised: the same objects come back, carrying the nodes they were drawn as."""
-        if path in self._children:
-            return self._children[path]
+    def children(self, part: Part) -> list[Part]:
+        """A module's children that ran, in the order they ran, identical neighbours merged (EncoderLayer ×12)."""
         kids = []
-        for name, child in module.named_children():
-            if isinstance(child, HookPoint):
-                continue
+        for name, child in part.module.named_children():
             if isinstance(child, nn.ModuleList):
-                kids += [(f"{path}.{name}.{i}", c) for i, c in enumerate(child)]
-            else:
-                kids.append((f"{path}.{name}", child))
-        kids = [(p, c) for p, c in kids if p in self.calls]
-        kids.sort(key=lambda pc: self.order[pc[0]])
-        items: list[_Item] = []
-        for p, c in kids:
-            calls = self.calls[p]
+                kids += [(f"{part.path}.{name}.{i}", c) for i, c in enumerate(child)]
+            elif not isinstance(child, HookPoint):
+                kids.append((f"{part.path}.{name}", child))
+        items: list[Part] = []
+        for path, module in sorted(((p, m) for p, m in kids if p in self.calls), key=lambda pm: self.order[pm[0]]):
             prev = items[-1] if items else None
-            if (
-                prev is not None
-                and type(prev.module) is type(c)
-                and prev.calls[:1] == calls[:1]
-                and prev.path.rsplit(".", 1)[0] == p.rsplit(".", 1)[0]
-                and p.rsplit(".", 1)[-1].isdigit()
-            ):
-                prev.count += 1
-            else:
-                items.append(_Item(p, c, calls))
-        self._children[path] = items
+            if prev and type(prev.module) is type(module) and prev.calls[:1] == self.calls[path][:1]:
+                if prev.path.rsplit(".", 1)[0] == path.rsplit(".", 1)[0] and path.rsplit(".", 1)[1].isdigit():
+                    prev.count += 1
+                    prev.paths.append(path)
+                    continue
+            items.append(Part(path, module, self.calls[path]))
         return items
 
-    def shape(self, item: _Item, shape: str) -> str:
-        """A shape as the pipeline sees it: with guidance the UNet's batch is 2B (traced alone, it is B)."""
-        shape = _short(shape)
-        if self.guided and item.path.startswith("unet"):
-            return shape.replace("(B,", "(2B,")
-        return shape
+    @contextmanager
+    def cluster(self, name: str, label: str, **attrs):
+        """Nodes drawn inside the `with` block go into a cluster (a box around them)."""
+        with self.g.subgraph(name=f"cluster_{name}") as c:
+            c.attr(label=label, **attrs)
+            saved, self.g = self.g, c
+            try:
+                yield
+            finally:
+                self.g = saved
 
-    def _id(self, prefix: str) -> str:
-        self.count += 1
-        return f"{prefix}{self.count}"
+    def draw(self, part: Part, level: int, upward: bool = False) -> tuple[str, str]:
+        """A module at the chosen depth: a node, or deeper than that a cluster of its children in a chain (drawn
+        upwards for the UNet's up path). Returns its (first, last) node."""
+        kids = [k for k in self.children(part) if not k.path.endswith("time_embedding")] if level < self.depth else []
+        title = f"{part.name} ×{part.count}" if part.count > 1 else part.name
+        cls = type(part.module).__name__
+        if not kids:
+            kind = "module" if level == 1 else "block" if level == 2 else "layer"
+            detail = " ".join(x for x in (cls, _params(part.module)) if x)
+            inner = Counter(type(k.module).__name__ for k in part.members or self.children(part) for _ in k.paths)
+            shape = ""
+            if inner and level <= 2 and not _params(part.module):  # a block: what it holds, channels and size
+                detail = ", ".join(f"{c} ×{n}" if n > 1 else c for c, n in inner.items())
+                detail = detail if part.members else f"{cls}\n{detail}"
+                shape = f"{self.channels(part.shape_in)} → {self.channels(part.shape_out)}"
+            part.first = part.last = self.node(kind, title, detail if detail != title else "", shape)
+            self.node_of.update(dict.fromkeys(part.paths, part.first))
+            return part.first, part.last
+        fill, line = STYLE["module" if level == 1 else "block"]
+        label = f"<<B>{esc(title)}</B>  {font(esc(cls), 9)}>"
+        with self.cluster(part.path, label, style="rounded,filled", fillcolor=fill, color=line, fontsize="12"):
+            part.first, part.last = self.chain(part, kids, level + 1, upward)
+        return part.first, part.last
 
-    def _leaf_label(self, item: _Item, level: int) -> HTML:
-        cls = type(item.module).__name__
-        head = f"<B>{esc(item.name)}</B>"
-        if item.count > 1:
-            head += f" ×{item.count}"
-        lines = [head]
-        params = _layer_params(item.module)
-        sub = cls + (f" {params}" if params else "")
-        if sub != item.name:
-            lines.append(f'<FONT POINT-SIZE="9">{esc(sub)}</FONT>')
-        return HTML("<BR/>".join(lines))
-
-    def draw_item(self, item: _Item, level: int, upward: bool = False) -> tuple[str, str]:
-        """Draw a module: a node at the chosen depth, else a cluster of its children. Returns (first, last) node.
-        `upward`: its chain is drawn bottom to top (the UNet's up path)."""
-        d = self.d
-        kids = self.children(item.module, item.path) if level < self.depth else []
-        main = [k for k in kids if k.path.rsplit(".", 1)[-1] not in SIDE_INPUTS]
-        if not main:
-            st = COMPONENT if level == 1 else BLOCK if level == 2 else LAYER
-            nid = self._id("m")
-            d.node(
-                nid,
-                label=self._leaf_label(item, level),
-                fillcolor=st["fill"],
-                color=st["line"],
-                style="filled,rounded" if level > 1 else "filled,bold",
-            )
-            item.first = item.last = nid
-            return nid, nid
-        st = COMPONENT if level == 1 else BLOCK
-        label = f"<B>{esc(item.name)}</B>" + (f" ×{item.count}" if item.count > 1 else "")
-        label += f'<FONT POINT-SIZE="9">  {esc(type(item.module).__name__)}</FONT>'
-        with d.subgraph(
-            f"cluster_{self._id('c')}",
-            label=HTML(label),
-            style="rounded,filled",
-            fillcolor=st["fill"],
-            color=st["line"],
-            fontsize=11 if level > 1 else 13,
-        ):
-            first = last = None
-            for k in main:
-                a, b = self.draw_item(k, level + 1, upward)
-                shape = self.shape(k, k.shape_in)  # the edge into a part is labelled with what that part takes
-                if last is not None and upward:
-                    d.edge(a, last, dir="back", label=shape, fontcolor=STYLE["shape"]["font"])
-                elif last is not None:
-                    d.edge(last, a, label=shape, fontcolor=STYLE["shape"]["font"])
-                first = first or a
-                last = b
-            item.first, item.last = first, last
-            self._skips(item, kids)
+    def chain(self, parent: Part, kids: list[Part], level: int, upward: bool = False) -> tuple[str, str]:
+        sums = _sums(parent.module)
+        first = last = None
+        for i, k in enumerate(kids):
+            a, b = self.draw(k, level, upward)
+            leaf = k.path.rsplit(".", 1)[-1]
+            if last is not None and sums.get(leaf, ("",))[0] == kids[i - 1].path.rsplit(".", 1)[-1]:
+                arg = self.node("data", sums[leaf][1], shape=self.shape(k.shape_in))  # the other input of the sum
+                self.edge(arg, a)
+                plus = self.node("op", "+", shape="")
+                self.edge(last, plus, kids[i - 1].shape_out, k.path)
+                self.edge(b, plus, k.shape_out, k.path)
+                last = plus
+                continue
+            if last is not None:
+                self.edge(
+                    *((a, last) if upward else (last, a)), k.shape_in, k.path, **{"dir": "back"} if upward else {}
+                )
+            first, last = first or a, b
         return first, last
 
-    def _skips(self, item: _Item, kids: list[_Item]) -> None:
-        """The UNet's skip connections, where a cluster shows both ends of them."""
-        if not isinstance(item.module, type(self.unet)) or self.depth < 2:
-            return
-        downs = [k for k in kids if ".down_blocks." in k.path]
-        ups = [k for k in kids if ".up_blocks." in k.path]
-        conv_in = next((getattr(k, "last", None) for k in kids if k.path.endswith(".conv_in")), None)
-        for a, b in self.skip_pairs(conv_in, downs, ups):
-            self.d.edge(a, b, style="dashed", color=SKIP, constraint=False, arrowhead="vee", penwidth=1.2)
+    def skips(self, unet: nn.Module) -> None:
+        """The UNet's skip connections between the nodes that draw their ends: conv_in and every layer of the down
+        path push their output on a stack (a transformer's, where one follows its ResNet block), every up ResNet
+        block pops one and concatenates it (as `UNet.__init__` counts them)."""
+        stack = ["unet.conv_in"]
+        for i, block in enumerate(unet.down_blocks):
+            p = f"unet.down_blocks.{i}"
+            stack += [f"{p}.{'attentions' if block.attentions else 'resnets'}.{j}" for j in range(len(block.resnets))]
+            stack += [f"{p}.downsamplers.{j}" for j in range(len(block.downsamplers))]
+        pairs = [
+            (stack.pop(), f"unet.up_blocks.{i}.resnets.{j}")
+            for i, b in enumerate(unet.up_blocks)
+            for j in range(len(b.resnets))
+        ]
+        drawn = Counter((self.drawn_at(a), self.drawn_at(b)) for a, b in pairs)
+        for (a, b), n in drawn.items():
+            label = f"×{n}" if n > 1 else None
+            self.g.edge(
+                a, b, label=label, style="dashed", color=SKIP, fontcolor=SKIP, constraint="false", arrowhead="vee"
+            )
 
-    def skip_pairs(self, conv_in: str | None, downs: list[_Item], ups: list[_Item]) -> list[tuple[str, str]]:
-        """(down node, up node) for the skip connections, from the UNet's structure: the input convolution and each
-        down block's layers (a ResNet block, or the transformer after it) and downsampler push their output on a
-        stack; each up ResNet block pops one and concatenates it. At depth 2, one edge per pair of blocks."""
-        if self.depth == 2:
-            pairs = [(a.last, b.first) for a, b in zip(downs, reversed(ups), strict=False)]
-            return pairs + ([(conv_in, ups[-1].first)] if conv_in and ups else [])
-        stack = [conv_in or ""]
-        for block in downs:
-            layers = self.children(block.module, block.path)
-            att = {x.path.rsplit(".", 1)[-1]: x for x in layers if ".attentions." in x.path}
-            for x in layers:
-                if ".resnets." in x.path:
-                    src = att.get(x.path.rsplit(".", 1)[-1]) or x
-                    stack += [getattr(src, "last", "")] * x.count
-                elif ".downsamplers." in x.path:
-                    stack.append(getattr(x, "last", ""))
-        pairs = []
-        for block in ups:
-            for x in self.children(block.module, block.path):
-                if ".resnets." in x.path:
-                    for _ in range(x.count):
-                        src = stack.pop() if stack else ""
-                        if src and getattr(x, "first", None):
-                            pairs.append((src, x.first))
-        return pairs
+    def drawn_at(self, path: str) -> str:
+        while path not in self.node_of:
+            path = path.rsplit(".", 1)[0]
+        return self.node_of[path]
 
-    # -- the pictures ---------------------------------------------------------------------------------------------
-
-    def graph(self, name: str, title: str, subtitle: str, rankdir: str = "TB") -> Dot:
-        cfg = self.cfg
-        label = (
-            f'<FONT POINT-SIZE="24"><B>{esc(title)}</B></FONT><BR/>'
-            f'<FONT POINT-SIZE="12">{esc(subtitle)}</FONT><BR/>'
-            f'<FONT POINT-SIZE="10" COLOR="#555555">drawn by sdviz from a model built at the {esc(cfg.name)} '
-            f"configuration and a traced run ({cfg.image_size}x{cfg.image_size}, B = {runs.BATCH} images); "
-            f"depth {self.depth} of 3</FONT>"
-        )
-        self.d = Dot(
-            name,
-            graph=dict(
-                rankdir=rankdir,
-                newrank=True,
-                compound=True,
-                fontname=FONT,
-                label=HTML(label),
-                labelloc="t",
-                labeljust="l",
-                nodesep=0.25,
-                ranksep=0.3,
-                pad=0.3,
-            ),
-            node=dict(fontname=FONT, fontsize=10, shape="box", style="filled,rounded", margin="0.1,0.05"),
-            edge=dict(fontname=FONT, fontsize=9, arrowsize=0.7, color="#333333"),
-        )
-        return self.d
-
-    def data(self, label: str, shape: str = "") -> str:
-        nid = self._id("d")
-        text = f"<B>{esc(label)}</B>" + (
-            f'<BR/><FONT COLOR="{STYLE["shape"]["font"]}"><I>{esc(shape)}</I></FONT>' if shape else ""
-        )
-        self.d.node(nid, label=HTML(text), shape="box", style="filled", fillcolor="#FFFFFF", color="#333333")
-        return nid
-
-    def op(self, label: str, detail: str = "") -> str:
-        nid = self._id("o")
-        text = f"<B>{esc(label)}</B>" + (f'<BR/><FONT POINT-SIZE="9">{esc(detail)}</FONT>' if detail else "")
-        self.d.node(nid, label=HTML(text), fillcolor=OP["fill"], color=OP["line"])
-        return nid
-
-    def edge(self, a: str, b: str, shape: str = "", **attrs) -> None:
-        self.d.edge(a, b, label=_short(shape) or None, fontcolor=STYLE["shape"]["font"], **attrs)
-
-    def component(self, title: str, parts: list[_Item]) -> tuple[str, str, str | None]:
-        """A network drawn at the chosen depth: one box at depth 1, a cluster of its parts otherwise.
-        Returns (first node, last node, cluster name or None)."""
+    def network(self, path: str, title: str) -> tuple[str, str, str | None]:
+        """A whole network (text encoder, VAE half, UNet): one box at depth 1, else a cluster of its parts.
+        Returns its (first, last) node and its cluster's name (for edges that end at the cluster)."""
+        net = {"text_encoder": self.cfg.clip, "vae": self.cfg.vae, "unet": self.cfg.unet}[path.split(".")[0]]
+        module = meta_network(net)
+        for name in path.split(".")[1:]:
+            module = getattr(module, name)
+        part = Part(path, module, self.calls.get(path, []), title=title)
+        if path.startswith("vae."):  # the VAE's halves and their 1x1 convolutions around the latent
+            extra = f"{path.split('.')[0]}.{'quant_conv' if path.endswith('encoder') else 'post_quant_conv'}"
+            conv = Part(extra, getattr(meta_network(net), extra.split(".")[1]), self.calls[extra])
+            parent = Part("vae", meta_network(net), [])
+            kids = [part, conv] if path.endswith("encoder") else [conv, part]
+            if self.depth > 1:
+                kids = [k for p in kids for k in (self.children(p) if p is part else [p])]
+        else:
+            parent, kids = part, [k for k in self.children(part) if not k.path.endswith("time_embedding")]
         if self.depth == 1:
-            first = self.data_free_component(title, parts)
-            return first, first, None
-        cluster = f"cluster_{self._id('n')}"
-        with self.d.subgraph(
-            cluster,
-            label=HTML(f"<B>{esc(title)}</B>"),
-            style="rounded,filled",
-            fillcolor=COMPONENT["fill"],
-            color=COMPONENT["line"],
-            fontsize=13,
-        ):
-            first = last = None
-            for p in parts:
-                a, b = self.draw_item(p, 2)
-                if last is not None:
-                    self.edge(last, a, self.shape(p, p.shape_in))
-                first = first or a
-                last = b
-        return first, last, cluster
-
-    def data_free_component(self, title: str, parts: list[_Item]) -> str:
-        nid = self._id("m")
-        sub = " + ".join(dict.fromkeys(type(p.module).__name__ for p in parts if not isinstance(p.module, nn.Conv2d)))
-        main = next((p.module for p in parts if not isinstance(p.module, nn.Conv2d)), parts[0].module)
-        sub = f"{sub}  ({type(main).__module__.replace('.', '/')}.py)"
-        self.d.node(
-            nid,
-            label=HTML(f'<B>{esc(title)}</B><BR/><FONT POINT-SIZE="9">{esc(sub)}</FONT>'),
-            fillcolor=COMPONENT["fill"],
-            color=COMPONENT["line"],
-            style="filled,bold",
-            fontsize=12,
-        )
-        return nid
-
-    def parts(self, which: str) -> list[_Item]:
-        """The drawn parts of a network: its executed children (the VAE halves with their 1x1 convolutions)."""
-        if which == "text_encoder":
-            return [_Item("text_encoder", self.clip, self.calls["text_encoder"], title="CLIP text encoder")]
-        if which == "vae_encoder":
-            enc = self._item("vae.encoder", self.vae.encoder, "VAE encoder")
-            inner = self.children(enc.module, enc.path) if self.depth > 1 else [enc]
-            return [*inner, self._item("vae.quant_conv", self.vae.quant_conv)]
-        if which == "vae_decoder":
-            dec = self._item("vae.decoder", self.vae.decoder, "VAE decoder")
-            inner = self.children(dec.module, dec.path) if self.depth > 1 else [dec]
-            return [self._item("vae.post_quant_conv", self.vae.post_quant_conv), *inner]
-        return [_Item("unet", self.unet, self.calls["unet"], title="UNet")]
-
-    def _item(self, path: str, module: nn.Module, title: str | None = None) -> _Item:
-        return _Item(path, module, self.calls.get(path, []), title=title)
-
-    def network(self, title: str, which: str) -> tuple[str, str, str | None]:
-        """A network in a pipeline diagram: at depth >= 2 its insides (so a depth-2 text encoder is a cluster of
-        embeddings, layers ×12, final norm), skipping one level of wrapping for single-module networks."""
-        parts = self.parts(which)
-        if self.depth == 1:
-            return self.component(title, parts)
-        if len(parts) == 1:
-            item = parts[0]
-            kids = self.children(item.module, item.path)
-            main = [k for k in kids if k.path.rsplit(".", 1)[-1] not in SIDE_INPUTS]
-            first, last, cluster = self.component(title, main)
-            self._skips(item, kids)
-            return first, last, cluster
-        return self.component(title, parts)
+            where = f"{type(module).__name__}  ({type(module).__module__.replace('.', '/')}.py)"
+            nid = self.node("module", title, where)
+            self.node_of[path] = nid
+            return nid, nid, None
+        fill, line = STYLE["module"]
+        with self.cluster(path, f"<<B>{esc(title)}</B>>", style="rounded,filled", fillcolor=fill, color=line):
+            first, last = self.chain(parent, kids, 2)
+        if path == "unet":
+            self.skips(module)
+        return first, last, f"cluster_{path}"
 
 
-def _short(shape: str) -> str:
-    return shape.replace("2 x ", "2× ") if shape else ""
+def _group(parts: list[Part], what: str) -> Part:
+    """Several blocks drawn as one (the UNet's down path at depth 1)."""
+    group = Part(parts[0].path.rsplit(".", 1)[0], nn.Module(), [Call(parts[0].calls[0].inputs, parts[-1].shape_out)])
+    group.title, group.members = f"{len(parts)} {what}", parts
+    group.paths = [p for part in parts for p in part.paths]
+    return group
 
 
 # -- pipeline diagrams ----------------------------------------------------------------------------------------------
 
+TITLES = {
+    "txt2img": ("Text-to-image", "a prompt becomes a picture: the loop denoises pure noise, guided by the text"),
+    "img2img": ("Image-to-image", "the loop starts from the encoded image, noised part of the way (strength)"),
+    "inpaint": ("Inpainting", "image-to-image where, after every step, the known region is put back"),
+}
+
 
 def _pipeline(kind: str, depth: int, config: str) -> Chart:
-    dg = Diagram(config, depth)
-    dg.guided = True
-    rec = runs.pipeline_recording(config, kind)
-    calls = rec.module_calls
-
-    def first(what: str):
-        return calls.get(what, [((), "")])[0]
-
-    clip_in, clip_out = first("CLIPTextEncoder.forward")
-    unet_in, unet_out = first("UNet.forward")
-    dec_in, dec_out = first("VAE.decode")
-    enc_in, enc_out = first("VAE.encode")
-    steps = len(calls.get("UNet.forward", []))
-    titles = {
-        "txt2img": ("Text-to-image", "a prompt becomes a picture: the loop denoises pure noise, guided by the text"),
-        "img2img": ("Image-to-image", "the loop starts from the encoded image, noised part of the way (strength)"),
-        "inpaint": ("Inpainting", "image-to-image where, after every step, the known region is put back"),
-    }
-    t, sub = titles[kind]
     name = f"architecture-{kind}" + (f"-depth{depth}" if depth != 1 else "")
-    d = dg.graph(name, t, sub)
-    lat = _short(unet_out).replace("2B", "B")
-    S = dg.cfg.image_size
+    dg = Diagram(name, config, depth, *TITLES[kind], guided=True)
+    cfg = dg.cfg
+    log = runs.pipeline_run(config, kind)[1]  # the networks' calls in a traced generation
+    clip, unet, dec = log["CLIPTextEncoder.forward"][0], log["UNet.forward"][0], log["VAE.decode"][0]
+    S = dg.fmt.shape
+    lat = dec.inputs[0]  # (B, 4, h, w)
+    scale = cfg.vae.scaling_factor
 
-    # the prompt
-    prompt = dg.data('prompt (and negative prompt "")', "B strings")
-    tok = dg.op("tokenizer", "byte-level BPE, padded to 77")
+    prompt = dg.node("data", 'prompt (and negative prompt "")', shape="B strings")
+    tok = dg.node("op", "tokenizer", f"byte-level BPE, padded to {cfg.clip.max_length}")
     dg.edge(prompt, tok)
-    c_first, c_last, _ = dg.network("CLIP text encoder", "text_encoder")
-    dg.edge(tok, c_first, clip_in[0] if clip_in else "")
-    context = dg.data("context: [uncond; cond]", unet_in[2] if len(unet_in) > 2 else clip_out)
-    dg.edge(c_last, context, clip_out)
+    c_first, c_last, _ = dg.network("text_encoder", "CLIP text encoder")
+    dg.edge(tok, c_first, S(clip.inputs[0]))
+    context = dg.node("data", "context: [uncond; cond]", shape=S(unet.inputs[2]))
+    dg.edge(c_last, context, S(clip.output))
 
-    # the start latents
-    seed = dg.data("seed", "one CPU generator per image")
-    noise = dg.data("noise ε", lat)
+    seed = dg.node("data", "seed", shape="one CPU generator per image")
+    noise = dg.node("data", "noise ε", shape=S(lat))
     dg.edge(seed, noise, "torch.randn")
     if kind == "txt2img":
-        start = dg.op("× init_noise_sigma", "pure noise: x_T")
-        dg.edge(noise, start, lat)
+        start = dg.node("op", "× init_noise_sigma", "pure noise: x_T")
+        dg.edge(noise, start, S(lat))
     else:
-        image = dg.data("image", f"(B, 3, {S}, {S})")
-        e_first, e_last, _ = dg.network("VAE encoder", "vae_encoder")
-        dg.edge(image, e_first, enc_in[0] if enc_in else "")
-        z = dg.op(
-            "sample z = μ + σ·ε, × 0.18215" if dg.cfg.vae.scaling_factor != 1 else "sample z = μ + σ·ε",
-            "the scaled latent of the image: x_0",
-        )
-        dg.edge(e_last, z, enc_out)
-        start = dg.op("add_noise(x_0, ε, t_start)", "q(x_t | x_0), DDPM eq. 4: strength of the way to noise")
-        dg.edge(z, start, lat)
-        dg.edge(noise, start, lat)
+        enc = log["VAE.encode"][0]
+        image = dg.node("data", "image", shape=S(enc.inputs[0]))
+        e_first, e_last, _ = dg.network("vae.encoder", "VAE encoder")
+        dg.edge(image, e_first, S(enc.inputs[0]))
+        z = dg.node("op", "sample z = μ + σ·ε" + (f", × {scale}" if scale != 1 else ""), "the scaled latent: x_0")
+        dg.edge(e_last, z, dg.shape(enc.output))
+        start = dg.node("op", "add_noise(x_0, ε, t_start)", "q(x_t | x_0), DDPM eq. 4: strength of the way to noise")
+        dg.edge(z, start, S(lat))
+        dg.edge(noise, start, S(lat))
         if kind == "inpaint":
-            mask = dg.data("mask", f"(1, 1, {S}, {S}): white = repaint")
-            pool = dg.op("max-pool ÷8", "a latent is repainted if any of its pixels is")
-            dg.edge(mask, pool)
+            h, w = enc.inputs[0][-2:]
+            mask = dg.node("data", "mask", "white = repaint", S((1, 1, h, w)))
+            pool = dg.node("op", f"max-pool ÷{cfg.vae.downsampling_factor}", "a latent is repainted if any pixel is")
+            dg.edge(mask, pool, S((1, 1, h, w)))
 
-    # the loop
-    with d.subgraph(
-        "cluster_loop",
-        label=HTML(f"<B>for t in sampler.timesteps</B>  ({steps} steps in this run)"),
+    with dg.cluster(
+        "loop",
+        f"<<B>for t in sampler.timesteps</B>  ({len(log['UNet.forward'])} steps in this run)>",
         style="rounded,dashed",
-        color="#1F618D",
-        fontsize=13,
-        fontcolor="#1F618D",
+        color=CALL_COLOR,
+        fontcolor=CALL_COLOR,
+        fontsize="13",
     ):
-        x_t = dg.data("latents x_t", lat)
-        t_node = dg.data("timestep t", "int")
-        scale = dg.op("sampler.scale_model_input", "Euler: x / sqrt(σ² + 1); DDPM, DDIM: x")
-        cat = dg.op("cat [x; x]", "one batch for both predictions")
-        u_first, u_last, u_cluster = dg.network("UNet", "unet")
-        temb = dg.op(
+        x_t = dg.node("data", "latents x_t", shape=S(lat))
+        t_node = dg.node("data", "timestep t", shape="int")
+        scaled = dg.node("op", "sampler.scale_model_input", "Euler: x / sqrt(σ² + 1); DDPM, DDIM: x")
+        cat = dg.node("op", "cat [x; x]", "one batch for both predictions")
+        u_first, u_last, u_cluster = dg.network("unet", "UNet")
+        temb = dg.calls["unet.time_embedding"][0]
+        t_emb = dg.node(
+            "op",
             "time embedding (in the UNet)",
-            f"t → sinusoid ({dg.cfg.unet.model_channels}) → MLP ({dg.cfg.unet.time_embed_dim}), "
-            "added in every ResNet block",
+            f"t → sinusoid {S(temb.inputs[0])} → MLP {S(temb.output)}, added in every ResNet block",
         )
-        chunk = dg.op("chunk(2)", "ε_uncond, ε_cond")
-        cfg_op = dg.op("classifier-free guidance", "ε = ε_u + cfg_scale · (ε_c − ε_u)")
-        step = dg.op("sampler.step(ε, t, x_t)", "x_t → x_t-1 (DDPM eq. 11, DDIM eq. 12, Euler)")
-        dg.edge(x_t, scale, lat)
-        dg.edge(scale, cat, lat)
-        dg.edge(cat, u_first, unet_in[0] if unet_in else "")
-        dg.edge(t_node, temb)
-        dg.edge(
-            temb, u_first, f"(2B, {dg.cfg.unet.time_embed_dim})", style="dotted", lhead=u_cluster if u_cluster else None
-        )
-        dg.edge(
-            context,
-            u_first,
-            unet_in[2] if len(unet_in) > 2 else "",
-            style="dotted",
-            lhead=u_cluster if u_cluster else None,
-        )
-        dg.edge(u_last, chunk, unet_out)
-        dg.edge(chunk, cfg_op, "2× " + lat)
-        dg.edge(cfg_op, step, lat)
-        dg.edge(x_t, step, lat, style="dashed")
+        chunk = dg.node("op", "chunk(2)", "ε_uncond, ε_cond")
+        guide = dg.node("op", "classifier-free guidance", "ε = ε_u + cfg_scale · (ε_c − ε_u)")
+        step = dg.node("op", "sampler.step(ε, t, x_t)", "x_t → x_t-1 (DDPM eq. 11, DDIM eq. 12, Euler, ...)")
+        dg.edge(x_t, scaled, S(lat))
+        dg.edge(scaled, cat, S(lat))
+        dg.edge(cat, u_first, S(unet.inputs[0]))
+        dg.edge(t_node, t_emb)
+        dg.edge(t_emb, u_first, dg.shape(temb.output, "unet"), style="dotted", lhead=u_cluster)
+        dg.edge(context, u_first, S(unet.inputs[2]), style="dotted", lhead=u_cluster)
+        dg.edge(u_last, chunk, S(unet.output))
+        dg.edge(chunk, guide, f"2× {S(lat)}")
+        dg.edge(guide, step, S(lat))
+        dg.edge(x_t, step, S(lat), style="dashed")
         last = step
         if kind == "inpaint":
-            keep = dg.op("re-impose the known region", "x = m · x + (1 − m) · add_noise(x_0, ε, t_next)")
-            dg.edge(step, keep, lat)
-            dg.edge(pool, keep, "(1, 1, 64, 64)" if S == 512 else "")
-            dg.edge(z, keep, lat, style="dashed", constraint=False)
+            keep = dg.node("op", "re-impose the known region", "x = m · x + (1 − m) · add_noise(x_0, ε, t_next)")
+            dg.edge(step, keep, S(lat))
+            dg.edge(pool, keep, S((1, 1, *lat[-2:])))
+            dg.edge(z, keep, S(lat), style="dashed", constraint="false")
             last = keep
-        nxt = dg.data("latents x_t-1", lat)
-        dg.edge(last, nxt, lat)
-        d.edge(nxt, x_t, style="dashed", color="#1F618D", constraint=False, label="next t", fontcolor="#1F618D")
-    dg.edge(start, x_t, lat)
-
-    # back to pixels
-    unscale = dg.op("÷ 0.18215" if dg.cfg.vae.scaling_factor != 1 else "latents", "x_0")
-    dg.edge(nxt, unscale, lat)
-    v_first, v_last, _ = dg.network("VAE decoder", "vae_decoder")
-    dg.edge(unscale, v_first, dec_in[0] if dec_in else "")
-    out = dg.data("image", dec_out)
-    dg.edge(v_last, out, dec_out)
-    return Chart(name, d.source(), t)
+        nxt = dg.node("data", "latents x_t-1", shape=S(lat))
+        dg.edge(last, nxt, S(lat))
+        dg.edge(nxt, x_t, "next t", style="dashed", color=CALL_COLOR, fontcolor=CALL_COLOR, constraint="false")
+    dg.edge(start, x_t, S(lat))
+    unscale = dg.node("op", f"÷ {scale}" if scale != 1 else "latents", "x_0")
+    dg.edge(nxt, unscale, S(lat))
+    v_first, v_last, _ = dg.network("vae.decoder", "VAE decoder")
+    dg.edge(unscale, v_first, S(dec.inputs[0]))
+    out = dg.node("data", "image", shape=S(dec.output))
+    dg.edge(v_last, out, S(dec.output))
+    return dg.g
 
 
-# -- the UNet as a U -----------------------------------------------------------------------------------------------
-
-
-def _block_summary(dg: Diagram, item: _Item) -> str:
-    layers = dg.children(item.module, item.path)
-    n_res = sum(x.count for x in layers if ".resnets." in x.path)
-    n_att = sum(x.count for x in layers if ".attentions." in x.path)
-    parts = [f"ResNet ×{n_res}" if n_res else "", f"transformer ×{n_att}" if n_att else ""]
-    if any(".downsamplers." in x.path for x in layers):
-        parts.append("then ↓2")
-    if any(".upsamplers." in x.path for x in layers):
-        parts.append("then ↑2")
-    return ", ".join(p for p in parts if p)
-
-
-def _channels(shape: str) -> str:
-    """(B, 320, 64, 64) -> 320 @ 64×64."""
-    dims = [x.strip() for x in shape.strip("()").split(",")]
-    if len(dims) == 4:
-        return f"{dims[1]} @ {dims[2]}×{dims[3]}"
-    return shape
+# -- the UNet as a U ------------------------------------------------------------------------------------------------
 
 
 def _unet(depth: int, config: str) -> Chart:
-    dg = Diagram(config, depth)
     name = "architecture-unet" + (f"-depth{depth}" if depth != 2 else "")
-    d = dg.graph(
-        name,
-        "The UNet",
-        "down blocks halve the resolution and widen the channels, up blocks undo it; dashed: skip connections",
+    about = "down blocks halve the resolution and widen the channels, up blocks undo it; dashed: skip connections"
+    dg = Diagram(name, config, depth, "The UNet", about)
+    unet = meta_network(dg.cfg.unet)
+    top = Part("unet", unet, dg.calls["unet"])
+    kids = dg.children(top)
+    temb = next(k for k in kids if k.path == "unet.time_embedding")
+    body = [k for k in kids if k is not temb]
+    mid = next(k for k in body if "mid" in k.path)
+    down, up = body[: body.index(mid)], body[body.index(mid) + 1 :]
+    if depth == 1:  # the down and up blocks as one box each
+        down = [down[0], _group([k for k in down if ".down_blocks." in k.path], "down blocks")]
+        up = [_group([k for k in up if ".up_blocks." in k.path], "up blocks"), *up[-2:]]
+    x, t, context = top.calls[0].inputs
+    n_res = sum(1 for m in unet.modules() if getattr(m, "time_emb_proj", None) is not None)
+    n_cross = sum(1 for a in runs.network_run(config, "unet")[1].attention.values() if a.kind == "cross_attention")
+    x_in = dg.node("data", "x_t", shape=dg.shape(x))
+    t_in = dg.node("data", "t", shape=dg.shape(t))
+    ctx = dg.node("data", "context", f"cross-attention in all {n_cross} transformers", dg.shape(context))
+    t_emb = dg.node(
+        "op",
+        "time embedding",
+        f"sinusoid {dg.shape(temb.shape_in)} → MLP → {dg.shape(temb.shape_out)}\nadded in all {n_res} ResNet blocks",
     )
-    u = dg.unet
-    top = dg.children(u, "unet")
-    by = {k.path.rsplit(".", 1)[-1] if not k.path.rsplit(".", 1)[-1].isdigit() else k.path: k for k in top}
-    downs = [k for k in top if ".down_blocks." in k.path]
-    ups = [k for k in top if ".up_blocks." in k.path]
-    n = len(downs)
-    x_in = dg.data("x_t", dg.calls["unet.conv_in"][0][0][0])
-    t_in = dg.data("t", "(B,)")
-    ctx = dg.data("context", dg.calls["unet"][0][0][2] if len(dg.calls["unet"][0][0]) > 2 else "")
-    temb = by["time_embedding"]
-    temb_node = dg.op("timestep embedding", f"sinusoid {temb.shape_in} → MLP → {temb.shape_out}")
-    dg.edge(t_in, temb_node)
-
-    def block(item: _Item, level_label: str, upward: bool = False) -> tuple[str, str]:
-        if depth >= 3:
-            return dg.draw_item(item, 2, upward)
-        nid = dg._id("b")
-        lines = [
-            f'<B>{esc(level_label)}</B>  <FONT POINT-SIZE="9">{esc(type(item.module).__name__)}</FONT>',
-            esc(_block_summary(dg, item)),
-            f'<FONT COLOR="{STYLE["shape"]["font"]}"><I>{esc(_channels(item.shape_in))} → '
-            f"{esc(_channels(item.shape_out))}</I></FONT>",
-        ]
-        d.node(nid, label=HTML("<BR/>".join(lines)), fillcolor=BLOCK["fill"], color=BLOCK["line"])
-        item.first = item.last = nid
-        return nid, nid
-
-    if depth == 1:
-        down_all = _Item("unet.down_blocks", u.down_blocks, downs[0].calls, title="down path")
-        up_all = _Item("unet.up_blocks", u.up_blocks, ups[0].calls, title="up path")
-        down_all.calls = [(downs[0].calls[0][0], downs[-1].shape_out)]
-        up_all.calls = [(ups[0].calls[0][0], ups[-1].shape_out)]
-        downs_drawn = [(down_all, f"{n} down blocks")]
-        ups_drawn = [(up_all, f"{n} up blocks")]
-    else:
-        downs_drawn = [(b, f"down_blocks[{i}]") for i, b in enumerate(downs)]
-        ups_drawn = [(b, f"up_blocks[{i}]") for i, b in enumerate(ups)]
-
-    def simple(item: _Item, text: str) -> str:
-        nid = dg._id("l")
-        params = _layer_params(item.module)
-        d.node(
-            nid,
-            label=HTML(
-                f'<B>{esc(text)}</B><BR/><FONT POINT-SIZE="9">{esc(type(item.module).__name__)} {esc(params)}</FONT>'
-            ),
-            fillcolor=LAYER["fill"],
-            color=LAYER["line"],
-        )
-        return nid
-
-    def summary(item, label: str) -> str:
-        """Depth 1: a whole down/up block as one node, with its channels in and out."""
-        nid = dg._id("b")
-        d.node(
-            nid,
-            label=HTML(
-                f"<B>{esc(label)}</B><BR/>"
-                f'<FONT COLOR="{STYLE["shape"]["font"]}"><I>{esc(_channels(item.shape_in))} → '
-                f"{esc(_channels(item.shape_out))}</I></FONT>"
-            ),
-            fillcolor=BLOCK["fill"],
-            color=BLOCK["line"],
-        )
-        return nid
-
-    conv_in = simple(by["conv_in"], "conv_in")
-    dg.edge(x_in, conv_in, dg.calls["unet.conv_in"][0][0][0])
-    prev, prev_out = conv_in, by["conv_in"].shape_out
-    down_nodes = []
-    for item, label in downs_drawn:
-        if depth == 1:
-            a = b = summary(item, label)
-        else:
-            a, b = block(item, label)
-        dg.edge(prev, a, prev_out)
-        down_nodes.append((a, b))
-        prev, prev_out = b, item.shape_out
-    mid_item = by["mid_block"]
-    m_a, m_b = block(mid_item, "mid_block") if depth > 1 else (simple(mid_item, "mid block"),) * 2
-    dg.edge(prev, m_a, prev_out)
-    prev, prev_out = m_b, mid_item.shape_out
-    up_nodes = []
-    for item, label in ups_drawn:
-        if depth == 1:
-            a = b = summary(item, label)
-        else:
-            a, b = block(item, label, upward=True)
-        # the up path climbs: written as a reversed edge so that Graphviz ranks it upwards
-        d.edge(a, prev, dir="back", label=_short(prev_out), fontcolor=STYLE["shape"]["font"])
-        up_nodes.append((a, b))
-        prev, prev_out = b, item.shape_out
-    out_items = [by[k] for k in ("conv_norm_out", "conv_out") if k in by]
-    out_node = dg.op("GroupNorm, SiLU, conv_out", f"{_layer_params(by['conv_out'].module)}")
-    d.edge(out_node, prev, dir="back", label=_short(prev_out), fontcolor=STYLE["shape"]["font"])
-    eps = dg.data("ε prediction", out_items[-1].shape_out if out_items else "")
-    d.edge(eps, out_node, dir="back", label=_short(out_items[-1].shape_out), fontcolor=STYLE["shape"]["font"])
-    # the U: each down level beside its mirror up level
-    d.same_rank([x_in, eps])
-    d.same_rank([conv_in, out_node])
-    for (da, _), (_, ub) in zip(down_nodes, reversed(up_nodes), strict=False):
-        d.same_rank([da, ub])  # each down level beside its mirror up level
-    if depth <= 2:
-        if depth == 2:
-            for (_, db), (ua, _) in zip(down_nodes, reversed(up_nodes), strict=False):
-                d.edge(
-                    db,
-                    ua,
-                    style="dashed",
-                    color=SKIP,
-                    constraint=False,
-                    arrowhead="vee",
-                    penwidth=1.3,
-                    label="skips",
-                    fontcolor=SKIP,
-                )
-            d.edge(
-                conv_in, up_nodes[-1][0], style="dashed", color=SKIP, constraint=False, arrowhead="vee", penwidth=1.3
-            )
-        else:
-            d.edge(
-                down_nodes[0][1],
-                up_nodes[0][0],
-                style="dashed",
-                color=SKIP,
-                constraint=False,
-                arrowhead="vee",
-                penwidth=1.3,
-                label=f"{sum(len(b.module.resnets) for b in ups)} skip connections",
-                fontcolor=SKIP,
-            )
-    else:
-        conv_in_item = by["conv_in"]
-        conv_in_item.last = conv_in
-        for a, b in dg.skip_pairs(conv_in, downs, ups):
-            d.edge(a, b, style="dashed", color=SKIP, constraint=False, arrowhead="vee", penwidth=1.0)
-    # side inputs
-    d.edge(temb_node, m_a, style="dotted", color="#555555", label="into every ResNet block", constraint=False)
-    d.edge(ctx, m_a, style="dotted", color="#555555", label="cross-attention in every transformer", constraint=False)
-    return Chart(name, d.source(), "The UNet")
+    dg.edge(t_in, t_emb)
+    eps = dg.node("data", "ε prediction", shape=dg.shape(top.shape_out))
+    label = f"<<B>UNet</B>  {font('every ResNet block takes the time embedding, every transformer the context', 10)}>"
+    with dg.cluster("unet", label, style="rounded,dashed", color="#2E7D32", fontsize="12"):
+        d_first, d_last = dg.chain(top, down, 2)
+        m_first, m_last = dg.draw(mid, 2)
+        dg.edge(d_last, m_first, mid.shape_in)
+        u_first, u_last = dg.chain(top, up, 2, upward=True)
+        dg.edge(u_first, m_last, up[0].shape_in, dir="back")
+    dg.edge(x_in, d_first, x)
+    dg.edge(eps, u_last, top.shape_out, dir="back")
+    dg.edge(t_emb, m_first, style="dotted", lhead="cluster_unet", constraint="false")
+    dg.edge(ctx, m_first, style="dotted", lhead="cluster_unet", constraint="false")
+    dg.skips(unet)
+    same = [(x_in, eps), (down[0].first, up[-1].last)]
+    same += [(a.first, b.last) for a, b in zip(down[1:], reversed(up[:-2]), strict=False)]
+    for a, b in same:  # each level of the down path beside its mirror on the up path, down on the left
+        with dg.g.subgraph() as s:
+            s.attr(rank="same")
+            s.edge(a, b, style="invis")
+    return dg.g
 
 
 def architecture_diagram(kind: str = "txt2img", depth: int | None = None, config: str = "sd15") -> Chart:
@@ -657,8 +438,7 @@ def architecture_diagram(kind: str = "txt2img", depth: int | None = None, config
     or 3 (layers); default 1 for the pipelines and 2 for the UNet."""
     if kind not in KINDS:
         raise ValueError(f"unknown diagram {kind!r}; known: {', '.join(KINDS)}")
-    if depth is None:
-        depth = 2 if kind == "unet" else 1
+    depth = (2 if kind == "unet" else 1) if depth is None else depth
     if depth not in DEPTHS:
         raise ValueError(f"unknown depth {depth!r}; known: 1 (components), 2 (blocks), 3 (layers)")
     get_config(config)

@@ -17,13 +17,15 @@ from pathlib import Path
 
 from sdviz.config import CONFIGS, get_config
 from sdviz.flowchart.architecture import architecture_diagram
-from sdviz.flowchart.dot import INSTALL_HINT, Chart, GraphvizMissing, dot_executable
-from sdviz.flowchart.repository import SHEETS, component_sheet, overview
+from sdviz.flowchart.graph import INSTALL_HINT, Chart, GraphvizMissing, dot_executable
+from sdviz.flowchart.overview import overview
+from sdviz.flowchart.repository import SHEETS, component_sheet
 
 FORMATS = ("dot", "svg", "png", "pdf")
 DEFAULT_FORMATS = ("dot", "svg", "png")
 # the architecture diagrams written by `write_all`: (kind, depth)
 ARCHITECTURE = (("txt2img", 1), ("txt2img", 2), ("img2img", 1), ("inpaint", 1), ("unet", 1), ("unet", 2), ("unet", 3))
+PNG_DPI = 110
 
 
 def repository_flowchart(sheet: str = "overview", config: str = "sd15") -> Chart:
@@ -37,10 +39,8 @@ def repository_flowchart(sheet: str = "overview", config: str = "sd15") -> Chart
 
 def all_charts(config: str = "sd15") -> list[Chart]:
     """Every chart `write_all` writes, in a fixed order: the repository sheets, then the architecture diagrams."""
-    get_config(config)
     charts = [repository_flowchart(name, config) for name in SHEETS]
-    charts += [architecture_diagram(kind, depth, config) for kind, depth in ARCHITECTURE]
-    return charts
+    return charts + [architecture_diagram(kind, depth, config) for kind, depth in ARCHITECTURE]
 
 
 def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -51,9 +51,7 @@ def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     return formats
 
 
-def write_all(
-    out_dir: str | Path = "flowcharts", config: str = "sd15", formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110
-) -> list[Path]:
+def write_all(out_dir: str | Path = "flowcharts", config: str = "sd15", formats=DEFAULT_FORMATS) -> list[Path]:
     """Write every chart to `out_dir` in each format; returns the paths written.
 
     The `.dot` files are written first, and always: if Graphviz is missing, `GraphvizMissing` is raised after
@@ -61,16 +59,11 @@ def write_all(
     """
     formats = _check_formats(formats)
     charts = all_charts(config)
-    out = Path(out_dir)
-    written: list[Path] = []
-    for chart in charts:
-        written += chart.save(out, ("dot",))
+    written = [path for c in charts for path in c.write(out_dir, ("dot",))]
     rendered = [f for f in formats if f != "dot"]
     if rendered and dot_executable() is None:
         raise GraphvizMissing(INSTALL_HINT)
-    for chart in charts:
-        written += chart.save(out, rendered, dpi=dpi)
-    return written
+    return written + [path for c in charts for path in c.write(out_dir, rendered, dpi=PNG_DPI)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,11 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--config", default="sd15", help=f"model configuration: {', '.join(CONFIGS)} (default sd15)")
     parser.add_argument("--out", default="flowcharts", help="output folder (default flowcharts/)")
-    parser.add_argument(
-        "--format",
-        default=",".join(DEFAULT_FORMATS),
-        help=f"comma-separated formats among {', '.join(FORMATS)} (default dot,svg,png)",
-    )
+    parser.add_argument("--format", default="dot,svg,png", help=f"comma-separated, among {', '.join(FORMATS)}")
     args = parser.parse_args(argv)
     try:
         get_config(args.config)

@@ -87,7 +87,6 @@ class StmtRecord:
     variants: dict[str, int] = field(default_factory=dict)  # "in -> out" -> times seen, in order of first sight
     yes: int = 0  # for an `if`: times its body ran
     no: int = 0
-    hooks: int = 0  # hook points it called
 
 
 @dataclass
@@ -107,7 +106,6 @@ class Recording:
     edges: dict[tuple[str, int, str], int] = field(default_factory=dict)  # (caller, stmt index, callee) -> calls
     roots: list[str] = field(default_factory=list)
     expanded: list[str] = field(default_factory=list)  # functions whose lines were recorded (the others: calls only)
-    module_calls: dict[str, list[tuple[tuple[str, ...], str]]] = field(default_factory=dict)  # see `ModuleShapes`
 
     def merge(self, other: Recording, same_objects: bool) -> None:
         """Add another run's counts to this one. `same_objects`: the runs used the same objects (the pipeline's
@@ -122,19 +120,12 @@ class Recording:
                 m.max_per_call = max(m.max_per_call, s.max_per_call)
                 m.yes += s.yes
                 m.no += s.no
-                m.hooks += s.hooks
                 for v, n in s.variants.items():
                     m.variants[v] = m.variants.get(v, 0) + n
         for e, n in other.edges.items():
             self.edges[e] = self.edges.get(e, 0) + n
-        for r in other.roots:
-            if r not in self.roots:
-                self.roots.append(r)
-        for r in other.expanded:
-            if r not in self.expanded:
-                self.expanded.append(r)
-        for k, v in other.module_calls.items():
-            self.module_calls.setdefault(k, []).extend(v)
+        self.roots += [r for r in other.roots if r not in self.roots]
+        self.expanded += [r for r in other.expanded if r not in self.expanded]
 
 
 # -- the function index ---------------------------------------------------------------------------------------------
@@ -202,8 +193,8 @@ class LineTracer:
     """Context manager: while active, records into `self.recording` every call of the selected functions.
 
     expand(fn): draw this function's statements (record its lines); collapsed(fn): record calls *to* it but not
-    inside it (a component drawn on another sheet); quiet(fn): calls to it are counted on the calling statement,
-    not drawn as edges (hook points). `proxy(frame)` may map a stand-in's frame to the function it stands for.
+    inside it (a component drawn on another sheet). `proxy(frame)` may map a stand-in's frame to the function it
+    stands for.
     """
 
     def __init__(
@@ -212,13 +203,12 @@ class LineTracer:
         recording: Recording,
         expand: Callable[[Function], bool],
         collapsed: Callable[[Function], bool] = lambda fn: False,
-        quiet: Callable[[Function], bool] = lambda fn: False,
         proxy: Callable[[FrameType], Function | None] | None = None,
     ):
         self.index = index
         self.recording = recording
         self.fmt = ShapeFormat(recording.batch)
-        self.expand, self.collapsed, self.quiet, self.proxy = expand, collapsed, quiet, proxy
+        self.expand, self.collapsed, self.proxy = expand, collapsed, proxy
         self._active: dict[FrameType, _Frame] = {}
         self._lines: dict[str, dict[int, Stmt]] = {}
         self._bodies: dict[tuple[str, int], frozenset[int]] = {}
@@ -226,7 +216,7 @@ class LineTracer:
         self._role: dict[CodeType, tuple[str, Function | None]] = {}
         self._previous = None
 
-    # role of a code object: "expand" | "collapsed" | "quiet" | "proxy" | "" (not ours)
+    # role of a code object: "expand" | "collapsed" | "proxy" | "" (not ours)
     def _role_of(self, frame: FrameType) -> tuple[str, Function | None]:
         code = frame.f_code
         try:
@@ -235,8 +225,6 @@ class LineTracer:
             fn = self.index.lookup(code)
             if fn is None:
                 role = ""
-            elif self.quiet(fn):
-                role = "quiet"
             elif self.expand(fn):
                 role = "expand"
             elif self.collapsed(fn):
@@ -270,7 +258,7 @@ class LineTracer:
             if st is not None:
                 return "expand", st
             role, _ = self._role_of(f)
-            if role in ("collapsed", "proxy", "quiet"):
+            if role in ("collapsed", "proxy"):
                 return "blocked", None
             f = f.f_back
         return "root", None
@@ -285,10 +273,6 @@ class LineTracer:
         if where == "blocked":
             return None
         rec = self.recording
-        if role == "quiet":
-            if caller is not None and caller.current is not None:
-                caller.record.stmts.setdefault(caller.current.index, StmtRecord()).hooks += 1
-            return None
         frec = rec.functions.setdefault(fn.key, FunctionRecord())
         frec.calls += 1
         self_obj = frame.f_locals.get("self") if fn.class_name else None

@@ -1,0 +1,149 @@
+"""Charts: `graphviz.Digraph`s in the house style, that write themselves to files and show themselves in Jupyter.
+
+Graphviz (graphviz.org) lays out a graph described in its DOT language; the `graphviz` package writes that text and
+runs Graphviz's `dot` program on it. Every chart starts from `chart()` (fonts, sizes, the title block with its
+legend) and is written in a fixed order from the code and a traced run, so the same code gives the same DOT text on
+any machine: the `.dot` files in flowcharts/ are compared with what the code draws by a test. Rendering (`.svg`,
+`.png`) needs the `dot` executable; the DOT text does not.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import textwrap
+from pathlib import Path
+
+import graphviz
+
+INSTALL_HINT = (
+    "Graphviz's `dot` executable was not found: install Graphviz (apt-get install graphviz, brew install graphviz, "
+    "conda install graphviz, or see graphviz.org/download)"
+)
+
+
+class GraphvizMissing(RuntimeError):
+    """Raised when rendering needs the `dot` executable and it is not installed."""
+
+
+# -- the house style, after the seed's hand-drawn LLaMA-2 flowchart -----------------------------------------------
+
+FONT, MONO = "DejaVu Sans", "DejaVu Sans Mono"
+SHAPE_COLOR = "#17365D"  # tensor shapes, in bold italics
+CALL_COLOR = "#1F618D"  # call edges
+STYLE = {  # kind: (fill, line)
+    "header": ("#FFE45C", "#9A7D0A"),  # yellow hexagon: a function or a class's method
+    "stmt": ("#FFFFFF", "#555555"),  # a statement: its code and the shapes it produced
+    "return": ("#FDEBD0", "#A04000"),  # what a function hands back
+    "cond": ("#F5B7B1", "#B03A2E"),  # red diamond: a condition
+    "guard": ("#FADBD8", "#B03A2E"),  # argument checks, summarised
+    "loop": ("#D6EAF8", "#1F618D"),  # a loop header
+    "note": ("#FFFFFF", "#AAAAAA"),  # grey text: the code's own comments
+    "module": ("#C8E6C9", "#2E7D32"),  # a big module: drawn on its own sheet, or a network in a diagram
+    "block": ("#E8F5E9", "#2E7D32"),  # a network's block (architecture diagrams)
+    "layer": ("#FFFFFF", "#2E7D32"),  # a network's layer
+    "op": ("#FFF3C4", "#9A7D0A"),  # a pipeline operation (tokenizer, guidance, sampler step)
+    "data": ("#FFFFFF", "#333333"),  # data: tensors, images, text
+    "cluster": ("#FAFAFA", "#B0B0B0"),
+}
+
+
+def esc(text: str) -> str:
+    """Escape text for an HTML-like label."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def wrap(text: str, width: int, max_lines: int = 6, indent: str = "  ") -> list[str]:
+    """Wrap code or prose into lines of at most `width` characters (continuation lines indented)."""
+    lines = textwrap.wrap(text, width, subsequent_indent=indent, break_long_words=True, break_on_hyphens=False) or [""]
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + [lines[max_lines - 1][: width - 1] + "…"]
+    return lines
+
+
+def left(lines: list[str]) -> str:
+    """Lines of an HTML label, each escaped and left-aligned."""
+    return "".join(esc(line) + '<BR ALIGN="LEFT"/>' for line in lines)
+
+
+def font(text: str, size: int | None = None, color: str | None = None, face: str | None = None) -> str:
+    if not text:
+        return ""  # Graphviz refuses an empty <FONT></FONT>
+    attrs = "".join(f' {k}="{v}"' for k, v in (("POINT-SIZE", size), ("COLOR", color), ("FACE", face)) if v)
+    return f"<FONT{attrs}>{text}</FONT>"
+
+
+def title_block(title: str, about: str, note: str, legend: list[tuple[str, str, str, str]] = ()) -> str:
+    """A chart's title, subtitle, grey provenance line and legend (fill, line, sample, meaning), as an HTML label."""
+    rows = [font(f"<B>{esc(title)}</B>", 26), font(esc(about), 13)]
+    rows += [font(esc(line), 10, "#555555") for line in wrap(note, 150, indent="")]
+    cells = "".join(
+        f'<TD BGCOLOR="{fill}" COLOR="{line}" BORDER="1">{font(esc(sample), 9)}</TD>'
+        f'<TD ALIGN="LEFT">{font(esc(meaning), 9, "#333333")}</TD>'
+        for fill, line, sample, meaning in legend
+    )
+    if cells:
+        rows.append(f'<TABLE BORDER="0" CELLSPACING="3" CELLPADDING="3"><TR>{cells}</TR></TABLE>')
+    body = "".join(f'<TR><TD ALIGN="LEFT" BALIGN="LEFT">{r}</TD></TR>' for r in rows)
+    return f'<<TABLE BORDER="0" CELLSPACING="0" CELLPADDING="1">{body}</TABLE>>'
+
+
+class Chart(graphviz.Digraph):
+    """A generated diagram: a `graphviz.Digraph` (`.source` is its DOT text) that draws itself in Jupyter, scaled to
+    the width of the notebook's column, and writes itself as files.
+
+        chart = sdviz.flowchart.repository_flowchart("unet")
+        chart                                  # in a notebook: the picture
+        chart.write("out/", ("dot", "svg", "png"))
+    """
+
+    def picture(self, fmt: str = "svg", dpi: int | None = None) -> bytes:
+        """The chart drawn by Graphviz's `dot` in format `fmt` ("svg", "png", "pdf", ...)."""
+        graph = self
+        if dpi:
+            graph = self.copy()
+            graph.graph_attr["dpi"] = str(dpi)
+        try:
+            return graph.pipe(format=fmt)
+        except graphviz.ExecutableNotFound:
+            raise GraphvizMissing(INSTALL_HINT) from None
+        except graphviz.CalledProcessError as e:
+            err = (e.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+            raise RuntimeError(f"dot failed on {self.name}: {err[-1] if err else e.returncode}") from None
+
+    def _repr_svg_(self) -> str:
+        svg = self.picture("svg").decode("utf-8")
+        return re.sub(r"<svg width=", '<svg style="max-width:100%;height:auto" width=', svg, count=1)
+
+    def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict:
+        return {"image/svg+xml": self._repr_svg_()}
+
+    def write(self, directory: str | Path, formats=("dot", "svg", "png"), dpi: int = 110) -> list[Path]:
+        """Write `<directory>/<name>.<format>` for each format; returns the paths. DOT needs no Graphviz."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for fmt in formats:
+            path = directory / f"{self.name}.{fmt}"
+            if fmt == "dot":
+                path.write_text(self.source, encoding="utf-8")
+            else:
+                path.write_bytes(self.picture(fmt, dpi=dpi if fmt == "png" else None))
+            written.append(path)
+        return written
+
+
+def chart(name: str, fontsize: int = 10, **graph_attrs) -> Chart:
+    """A new chart in the house style: top to bottom, title at the top left, Graphviz's `newrank` (so that
+    `rank=same` works across clusters) and `compound` (edges may end at a cluster's border)."""
+    graph = dict(rankdir="TB", newrank="true", compound="true", fontname=FONT, labelloc="t", labeljust="l", pad="0.3")
+    return Chart(
+        name,
+        graph_attr=graph | graph_attrs,
+        node_attr=dict(fontname=FONT, fontsize=str(fontsize), shape="box", style="filled", margin="0.08,0.04"),
+        edge_attr=dict(fontname=FONT, fontsize="9", arrowsize="0.6", color="#555555", fontcolor=SHAPE_COLOR),
+    )
+
+
+def dot_executable() -> str | None:
+    return shutil.which("dot")

@@ -6,14 +6,12 @@ The flowchart draws a function as a chain of statements. This module turns a fun
         h = self.conv1(F.silu(self.norm1(x)))    ->         Stmt "simple"  h = self.conv1(...)
         if self.time_emb_proj is not None:                  Stmt "if"      (body: [Stmt "simple"])
             h = h + self.time_emb_proj(...)
-        ...
         return skip + h                                     Stmt "return"
 
 Each statement keeps what the drawing and the shape tracer need: its code (comments removed, multi-line statements
-joined), the comments written on or just above it (they become the chart's grey notes, minus the shape comments
-that the traced shapes replace), the names it reads (whose shapes are its inputs), the targets it assigns (whose
-shapes are its outputs) and the source lines that belong to it (so that a line event of the tracer can be mapped
-back to the statement that is running).
+joined), the comments written on or just above it (the chart's grey notes, minus the shape comments that the traced
+shapes replace), the names it reads (whose shapes are its inputs) and the source lines that belong to it (so that a
+line event of the tracer can be mapped back to the statement that is running).
 """
 
 from __future__ import annotations
@@ -24,14 +22,15 @@ import io
 import re
 import tokenize
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # .../sdviz
-REPO_ROOT = PACKAGE_ROOT.parent
+KINDS = {ast.If: "if", ast.For: "for", ast.While: "while", ast.With: "with", ast.Try: "try", ast.Return: "return"}
+KINDS[ast.Raise] = "raise"
 
 
-@dataclass
+@dataclass(eq=False)
 class Stmt:
     """One statement of a function, as drawn: a box (simple), a diamond (if), a loop header (for/while)."""
 
@@ -44,23 +43,21 @@ class Stmt:
     loads: list[str]  # names read by the statement's own expressions (its inputs)
     body: list[Stmt] = field(default_factory=list)
     orelse: list[Stmt] = field(default_factory=list)
-    is_elif: bool = False
 
     def walk(self):
         yield self
         for s in self.body + self.orelse:
             yield from s.walk()
 
+    @cached_property
+    def body_indices(self) -> frozenset[int]:
+        return frozenset(x.index for b in self.body for x in b.walk())
+
     @property
     def is_guard(self) -> bool:
         """`if <bad input>: raise ...`: an argument check, drawn summarised so that it does not hide the data path."""
-        return (
-            self.kind == "if"
-            and not self.orelse
-            and len(self.body) == 1
-            and self.body[0].kind == "raise"
-            and not self.is_elif
-        )
+        one_raise = len(self.body) == 1 and self.body[0].kind == "raise"
+        return self.kind == "if" and not self.orelse and one_raise and not self.code.startswith("elif")
 
 
 @dataclass
@@ -68,7 +65,7 @@ class Function:
     """A function or method of sdviz, located in its file, with its statements."""
 
     module: str  # "sdviz.models.unet"
-    relpath: str  # "sdviz/models/unet.py" (relative, so that generated files hold no absolute path)
+    relpath: str  # "sdviz/models/unet.py" (relative: generated files hold no absolute path)
     class_name: str | None
     name: str
     node: ast.FunctionDef
@@ -85,10 +82,6 @@ class Function:
         """Unique and stable: `unet.MidBlock.forward` differs from `vae.MidBlock.forward`."""
         return f"{self.module.rsplit('.', 1)[-1]}.{self.qualname}"
 
-    @property
-    def filename(self) -> str:
-        return self.relpath.rsplit("/", 1)[-1]
-
     def statements(self):
         for s in self.body:
             yield from s.walk()
@@ -96,8 +89,7 @@ class Function:
     @property
     def params(self) -> list[str]:
         a = self.node.args
-        names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
-        return [n for n in names if n not in ("self", "cls")]
+        return [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
 
 
 # -- comments ---------------------------------------------------------------------------------------------------------
@@ -110,128 +102,92 @@ _ARROWS = re.compile(r"->|\.\.\.|\bx\b|\+|;|,")
 def clean_comment(text: str) -> str:
     """A comment minus its tensor shapes: "(B, 77, 768): each token sees earlier ones" -> "each token sees ...".
 
-    Shape comments are what the traced shapes replace (and check); whatever prose is left is a note worth keeping.
-    Returns "" when nothing but shapes, arrows and punctuation is left.
+    Shape comments are what the traced shapes replace; whatever prose is left is a note worth keeping. Returns ""
+    when nothing but shapes, arrows and punctuation is left.
     """
     text = text.lstrip("#").strip()
     stripped = _SHAPE.sub(" ", text)
-    rest = _ARROWS.sub(" ", stripped)
-    rest = re.sub(r"^SD 1\.5\s*:?", "", rest.strip()).strip(" :.,;-")
-    words = re.findall(r"[A-Za-z]{3,}", rest)
-    if not words:
+    rest = re.sub(r"^SD 1\.5\s*:?", "", _ARROWS.sub(" ", stripped).strip()).strip(" :.,;-")
+    if not re.findall(r"[A-Za-z]{3,}", rest):
         return ""
     if stripped == text:
         return text
     # keep the prose, drop the leading shapes (a trailing explanation is what a learner needs)
     prose = re.sub(r"^[\s:;,.\-]*", "", _SHAPE.sub("", text).replace("->", " ").strip())
     prose = re.sub(r"^(?:\.\.\.|[\s:;,\-])+", "", prose)
-    prose = re.sub(r"\s{2,}", " ", prose).strip(" :;,")
-    return prose
-
-
-def _comments(source: str) -> dict[int, tuple[int, str]]:
-    """line -> (column, comment text) for every comment of a file."""
-    out = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            out[tok.start[0]] = (tok.start[1], tok.string)
-    return out
+    return re.sub(r"\s{2,}", " ", prose).strip(" :;,")
 
 
 # -- statements ---------------------------------------------------------------------------------------------------
 
 
 class _Builder:
+    """Builds the `Stmt`s of one file's functions, numbering them in pre-order from 0 in each function."""
+
     def __init__(self, source: str):
         self.lines = source.splitlines()
-        self.comments = _comments(source)
+        self.comments = {  # line -> (column, text) of every comment
+            t.start[0]: (t.start[1], t.string)
+            for t in tokenize.generate_tokens(io.StringIO(source).readline)
+            if t.type == tokenize.COMMENT
+        }
         self.counter = 0
 
     def code_of(self, first: int, last: int, end_col: int | None = None) -> str:
         parts = []
         for ln in range(first, last + 1):
-            text = self.lines[ln - 1]
-            if ln == last and end_col is not None:
-                text = text[:end_col]
-            if ln in self.comments:
-                text = text[: self.comments[ln][0]]
-            parts.append(text.strip())
-        code = " ".join(p for p in parts if p)
-        code = re.sub(r"([(\[{]) ", r"\1", code)
-        code = re.sub(r",? ([)\]}])", r"\1", code)
-        return code
+            text = self.lines[ln - 1][: end_col if ln == last else None]
+            parts.append(text[: self.comments[ln][0]] if ln in self.comments else text)
+        code = " ".join(p.strip() for p in parts if p.strip())
+        return re.sub(r",? ([)\]}])", r"\1", re.sub(r"([(\[{]) ", r"\1", code))
 
     def notes_of(self, first: int, last: int) -> list[str]:
-        """Comments on the statement's lines, and the block of whole-line comments right above it."""
-        above = []
-        ln = first - 1
+        """Comments on the statement's lines, and the block of whole-line comments right above it (one sentence)."""
+        above, ln = [], first - 1
         while ln >= 1 and self.lines[ln - 1].strip().startswith("#"):
-            above.append(self.lines[ln - 1].strip())
+            above.insert(0, self.lines[ln - 1].strip().lstrip("#").strip())
             ln -= 1
-        raw = list(reversed(above)) + [self.comments[n][1] for n in range(first, last + 1) if n in self.comments]
-        if above:  # a block comment is one sentence broken over lines: join it
-            joined = " ".join(c.lstrip("#").strip() for c in reversed(above))
-            raw = [joined] + raw[len(above) :]
-        notes = [clean_comment(c) for c in raw]
-        return [n for n in notes if n]
+        raw = ([" ".join(above)] if above else []) + [
+            self.comments[n][1] for n in range(first, last + 1) if n in self.comments
+        ]
+        return [n for n in map(clean_comment, raw) if n]
 
     def build(self, stmts: list[ast.stmt], elif_: bool = False) -> list[Stmt]:
-        out = []
-        for node in stmts:
-            if isinstance(node, ast.Expr) and isinstance(getattr(node.value, "value", None), str):
-                continue  # docstring
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                continue
-            out.append(self.stmt(node, elif_))
-        return out
+        docstring = lambda n: isinstance(n, ast.Expr) and isinstance(getattr(n.value, "value", None), str)  # noqa: E731
+        skip = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+        return [self.stmt(n, elif_) for n in stmts if not docstring(n) and not isinstance(n, skip)]
 
     def stmt(self, node: ast.stmt, elif_: bool = False) -> Stmt:
-        index = self.counter
-        self.counter += 1
-        compound = isinstance(node, (ast.If, ast.For, ast.While, ast.With, ast.Try))
+        index, self.counter = self.counter, self.counter + 1
+        kind = KINDS.get(type(node), "simple")
+        compound = kind in ("if", "for", "while", "with", "try")
+        last = node.end_lineno
         if compound:
-            first_body = node.body[0]
-            header_last = first_body.lineno - 1 if first_body.lineno > node.lineno else node.lineno
-            end_col = first_body.col_offset if first_body.lineno == node.lineno else None
-            code = self.code_of(node.lineno, header_last, end_col)
-            if elif_ and code.startswith("if "):
-                code = "el" + code
-            lines = list(range(node.lineno, header_last + 1))
-            exprs = {
-                ast.If: lambda n: [n.test],
-                ast.For: lambda n: [n.iter],
-                ast.While: lambda n: [n.test],
-                ast.With: lambda n: [i.context_expr for i in n.items],
-                ast.Try: lambda n: [],
-            }[type(node)](node)
+            first = node.body[0]
+            last = first.lineno - 1 if first.lineno > node.lineno else node.lineno
+            code = self.code_of(node.lineno, last, first.col_offset if first.lineno == node.lineno else None)
+            code = "el" + code if elif_ and code.startswith("if ") else code
+            exprs = _header_exprs(node)
         else:
-            header_last = node.end_lineno
-            code = self.code_of(node.lineno, node.end_lineno)
-            lines = list(range(node.lineno, node.end_lineno + 1))
-            exprs = [node]
-        kind = {
-            ast.If: "if",
-            ast.For: "for",
-            ast.While: "while",
-            ast.With: "with",
-            ast.Try: "try",
-            ast.Return: "return",
-            ast.Raise: "raise",
-        }.get(type(node), "simple")
-        loads = _loads(exprs, node)
-        s = Stmt(index, kind, node, code, self.notes_of(node.lineno, header_last), lines, loads, is_elif=elif_)
+            code, exprs = self.code_of(node.lineno, last), [node]
+        lines = list(range(node.lineno, last + 1))
+        s = Stmt(index, kind, node, code, self.notes_of(node.lineno, last), lines, _loads(exprs, node))
         if compound:
             s.body = self.build(node.body)
             orelse = getattr(node, "orelse", [])
-            if kind == "if" and len(orelse) == 1 and isinstance(orelse[0], ast.If):
-                s.orelse = self.build(orelse, elif_=True)
-            else:
-                s.orelse = self.build(orelse)
+            s.orelse = self.build(orelse, elif_=kind == "if" and len(orelse) == 1 and isinstance(orelse[0], ast.If))
             if kind == "try":
-                for h in node.handlers:
-                    s.orelse += self.build(h.body)
-                s.orelse += self.build(node.finalbody)
+                s.orelse += [x for h in node.handlers for x in self.build(h.body)] + self.build(node.finalbody)
         return s
+
+
+def _header_exprs(node: ast.stmt) -> list[ast.expr]:
+    """The expressions a compound statement's header evaluates: an `if`'s test, a `for`'s iterable, ..."""
+    if isinstance(node, ast.For):
+        return [node.iter]
+    if isinstance(node, ast.With):
+        return [i.context_expr for i in node.items]
+    return [node.test] if isinstance(node, (ast.If, ast.While)) else []
 
 
 _META_ATTRS = {"device", "dtype", "shape", "ndim", "is_floating_point"}
@@ -243,78 +199,58 @@ def _loads(exprs: list[ast.AST], node: ast.stmt) -> list[str]:
     unpacks_shape = (
         isinstance(node, ast.Assign) and isinstance(node.value, ast.Attribute) and node.value.attr == "shape"
     )
-    skip = set()
-    if not unpacks_shape:
-        for e in exprs:
-            for n in ast.walk(e):
-                if isinstance(n, ast.Attribute) and n.attr in _META_ATTRS and isinstance(n.value, ast.Name):
-                    skip.add(id(n.value))
-    loads: list[str] = []
-    for e in exprs:
-        for n in ast.walk(e):
-            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and id(n) not in skip and n.id not in loads:
-                loads.append(n.id)
-    return loads
+    meta = lambda n: isinstance(n, ast.Attribute) and n.attr in _META_ATTRS and isinstance(n.value, ast.Name)  # noqa: E731
+    skip = set() if unpacks_shape else {id(n.value) for e in exprs for n in ast.walk(e) if meta(n)}
+    names = [
+        n.id
+        for e in exprs
+        for n in ast.walk(e)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and id(n) not in skip
+    ]
+    return list(dict.fromkeys(names))
 
 
 _ABBREVIATIONS = ("et al.", "e.g.", "i.e.", "eq.", "eqs.", "Fig.", "cf.", "vs.")
 
 
-def _first_sentence(doc: str | None) -> str:
+def first_sentence(doc: str | None) -> str:
     """The first sentence of a docstring's first paragraph (not fooled by "et al." or "eq.")."""
-    if not doc:
-        return ""
-    para = " ".join(doc.strip().split("\n\n")[0].split())
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
     for i, ch in enumerate(para):
-        if ch == "." and (i + 1 == len(para) or para[i + 1] == " "):
-            if not any(para[: i + 1].endswith(a) for a in _ABBREVIATIONS):
-                return para[: i + 1]
+        end = ch == "." and (i + 1 == len(para) or para[i + 1] == " ")
+        if end and not any(para[: i + 1].endswith(a) for a in _ABBREVIATIONS):
+            return para[: i + 1]
     return para
 
 
 @cache
 def functions_of(module_name: str) -> tuple[Function, ...]:
-    """Every function and method defined in a module of sdviz (nested functions excepted), in source order."""
-    mod = importlib.import_module(module_name)
-    path = Path(mod.__file__).resolve()
+    """Every function and method defined in a module of sdviz (nested functions and properties excepted), in
+    source order."""
+    path = Path(importlib.import_module(module_name).__file__).resolve()
     source = path.read_text(encoding="utf-8")
-    tree = ast.parse(source)
-    relpath = path.relative_to(REPO_ROOT).as_posix()
-    out = []
-    b = _Builder(source)
-
-    def add(fn: ast.FunctionDef, cls: str | None):
-        if any(_decorator_name(d) in ("property", "setter") for d in fn.decorator_list):
-            return  # properties are attribute reads, not steps of the data path
-        b.counter = 0
-        first = min([fn.lineno] + [d.lineno for d in fn.decorator_list])
-        doc = _first_sentence(ast.get_docstring(fn))
-        out.append(Function(module_name, relpath, cls, fn.name, fn, first, doc, b.build(fn.body)))
-
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
-            add(node, None)
-        elif isinstance(node, ast.ClassDef):
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef):
-                    add(item, node.name)
+    relpath = path.relative_to(PACKAGE_ROOT.parent).as_posix()
+    b, out = _Builder(source), []
+    for top in ast.parse(source).body:
+        items = [(top, None)] if isinstance(top, ast.FunctionDef) else []
+        items += (
+            [(n, top.name) for n in top.body if isinstance(n, ast.FunctionDef)] if isinstance(top, ast.ClassDef) else []
+        )
+        for fn, cls in items:
+            decorators = [d.attr if isinstance(d, ast.Attribute) else getattr(d, "id", "") for d in fn.decorator_list]
+            if "property" in decorators or "setter" in decorators:
+                continue  # properties are attribute reads, not steps of the data path
+            b.counter = 0
+            first = min([fn.lineno] + [d.lineno for d in fn.decorator_list])
+            doc = first_sentence(ast.get_docstring(fn))
+            out.append(Function(module_name, relpath, cls, fn.name, fn, first, doc, b.build(fn.body)))
     return tuple(out)
 
 
-def _decorator_name(d: ast.expr) -> str:
-    if isinstance(d, ast.Attribute):
-        return d.attr
-    if isinstance(d, ast.Name):
-        return d.id
-    return ""
-
-
-@cache
-def classes_of(module_name: str) -> tuple[tuple[str, str], ...]:
-    """(class name, first sentence of its docstring) for every class a module defines, in source order."""
-    mod = importlib.import_module(module_name)
-    tree = ast.parse(Path(mod.__file__).read_text(encoding="utf-8"))
-    return tuple((n.name, _first_sentence(ast.get_docstring(n))) for n in tree.body if isinstance(n, ast.ClassDef))
+def classes_of(module_name: str) -> list[str]:
+    """The classes a module defines, in source order."""
+    tree = ast.parse(Path(importlib.import_module(module_name).__file__).read_text(encoding="utf-8"))
+    return [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
 
 
 def model_modules() -> list[str]:

@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from sdviz.hooks import Filter, HookCall, hook_points
+from sdviz.hooks import Filter, HookCall, hook_points, module_name
 from sdviz.tracing.layout import (
     DEFAULT_BUDGET,
     KINDS,
@@ -135,11 +135,12 @@ class Trace:
         names = list(hook_points(self.pipe))
         candidates: dict[str, list[str]] = {"cross_attention": [], "self_attention": [], "groupnorm": []}
         for path, m in self.pipe.unet.named_modules():
+            path = module_name("unet", path)  # the same name whether the UNet is compiled or not
             if isinstance(m, TransformerBlock):
-                candidates["self_attention"].append(f"unet.{path}.attn1.hook_probs")
-                candidates["cross_attention"].append(f"unet.{path}.attn2.hook_probs")
+                candidates["self_attention"].append(f"{path}.attn1.hook_probs")
+                candidates["cross_attention"].append(f"{path}.attn2.hook_probs")
             elif isinstance(m, GroupNorm):
-                candidates["groupnorm"].append(f"unet.{path}")
+                candidates["groupnorm"].append(path)
         for kind in LAYERED:
             if kind in self.record:
                 self.layers[kind] = choose_layers(candidates[kind], names, self._layer_filters[kind], kind)

@@ -11,10 +11,10 @@ A scene is a 64x64 RGB image on a plain dark background with one or two flat-col
     "a large blue square above a small yellow triangle" two objects: each with size, colour, shape; a relation
     "a cyan triangle to the right of a purple circle"   the size words are sometimes left out of a caption
 
-Everything is deterministic given a seed. Shapes are drawn analytically from their signed distance functions, all
-scenes of a batch at once with numpy (thousands of scenes per second), with a one-pixel anti-aliased edge: smooth
-edges are kinder to the VAE than staircase edges, and `mask` (signed distance <= 0) still says exactly which pixels
-belong to the object.
+Everything is deterministic given a seed. A scene is drawn one at a time in three steps: a random caption
+(`random_spec`), a place for each object (`place`), and the pixels (`draw`). Each shape is drawn analytically from
+its signed distance function with a one-pixel anti-aliased edge (smooth edges are kinder to the VAE than staircase
+edges), and its `mask` (signed distance <= 0) says exactly which pixels belong to the object.
 
 Held-out combinations. A few caption combinations never appear in training (`sample_scene` and `batch` skip them
 unless asked for `split="held_out"`), so that an evaluation can ask whether the model *composes* concepts it has only
@@ -80,7 +80,7 @@ RELATION_PHRASES: dict[str, str] = {
 }
 
 # The "radius" of an object in pixels: half its width for circles; squares and triangles are scaled by
-# `_HALF_WIDTH` / `_UP` / `_DOWN` below so that the three shapes look about equally big.
+# `EXTENTS` below so that the three shapes look about equally big.
 RADIUS: dict[str, float] = {"small": 7.0, "large": 11.0}
 
 # Where a single object sits, as (x, y) of its centroid in pixels (y grows downwards), before a random jitter.
@@ -104,26 +104,15 @@ HELD_OUT_PAIRS: frozenset[frozenset[str]] = frozenset(
     {frozenset({"red", "blue"}), frozenset({"yellow", "purple"}), frozenset({"green", "cyan"})}
 )
 
-# Shape geometry, as multiples of the radius R, indexed like SHAPES (circle, square, triangle).
+# Shape geometry, as (half width, centroid to top edge, centroid to bottom edge) in multiples of the radius R.
 # Every shape is placed by its *centroid* (centre of mass), which is also what the judge measures. A triangle
 # (apex up, as wide as it is high: 2.2 R) has its centroid one third of the height above its base, so it reaches
 # further up (2/3 h) than down (1/3 h).
-_HALF_WIDTH = np.array([1.0, 0.9, 1.1], dtype=np.float32)
-_UP = np.array([1.0, 0.9, 2.2 * 2 / 3], dtype=np.float32)  # centroid to top edge
-_DOWN = np.array([1.0, 0.9, 2.2 / 3], dtype=np.float32)  # centroid to bottom edge
-
-_PALETTE_ARRAY = np.array(list(PALETTE.values()), dtype=np.float32)  # (6, 3)
-_BACKGROUND_ARRAY = np.array(BACKGROUND, dtype=np.float32)  # (3,)
-
-# Lookup tables over indices, so that held-out checks on a whole batch are one fancy-indexing expression.
-_HELD_SINGLE_TABLE = np.zeros((len(COLOURS), len(SHAPES)), dtype=bool)
-for _c, _s in HELD_OUT_SINGLE:
-    _HELD_SINGLE_TABLE[COLOURS.index(_c), SHAPES.index(_s)] = True
-_HELD_PAIR_TABLE = np.zeros((len(COLOURS), len(COLOURS)), dtype=bool)
-for _pair in HELD_OUT_PAIRS:
-    _a, _b = sorted(_pair)
-    _HELD_PAIR_TABLE[COLOURS.index(_a), COLOURS.index(_b)] = True
-    _HELD_PAIR_TABLE[COLOURS.index(_b), COLOURS.index(_a)] = True
+EXTENTS: dict[str, tuple[float, float, float]] = {
+    "circle": (1.0, 1.0, 1.0),
+    "square": (0.9, 0.9, 0.9),
+    "triangle": (1.1, 2.2 * 2 / 3, 2.2 / 3),
+}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -320,279 +309,133 @@ class Scene:
         return Image.fromarray(self.image)
 
 
-_INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
-
-
-@dataclass
-class _Batch:
-    """A batch of scenes as arrays, one row per scene and one column per object slot (slot 1 may be empty)."""
-
-    colour: np.ndarray  # (n, 2) int
-    shape: np.ndarray  # (n, 2) int
-    size: np.ndarray  # (n, 2) int
-    show_size: np.ndarray  # (n,) bool: does the caption say the sizes?
-    two: np.ndarray  # (n,) bool: second slot used?
-    where: np.ndarray  # (n,) int: index into POSITIONS (one object) or RELATIONS (two objects)
-    say_where: np.ndarray  # (n,) bool: does the caption say the position/relation?
-    cx: np.ndarray | None = None  # (n, 2) float centroids, filled by _layout
-    cy: np.ndarray | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.two)
-
-
 def _rng(rng_or_seed: np.random.Generator | int | None) -> np.random.Generator:
     if isinstance(rng_or_seed, np.random.Generator):
         return rng_or_seed
     return np.random.default_rng(rng_or_seed)
 
 
-def _draw_specs(rng: np.random.Generator, n: int, split: str, p_omit_size: float) -> _Batch:
-    """Draw n random specs as index arrays; redraw rows until every row belongs to `split`."""
+def random_spec(
+    rng_or_seed: np.random.Generator | int | None, split: str = "train", p_omit_size: float = P_OMIT_SIZE
+) -> SceneSpec:
+    """A random caption of `split` ("train", "held_out" or "all"), as a spec that says where its objects are.
+
+    One or two objects (probability `P_TWO_OBJECTS`) of different colours, each colour, shape and size uniform;
+    a uniform position (one object) or relation (two). With probability `p_omit_size` the caption leaves out the
+    sizes (they are then drawn at random by `scene_from_spec`). A caption that is not in `split` is drawn again
+    (rejection sampling: about one in five for "train").
+    """
     if split not in ("train", "held_out", "all"):
         raise ValueError(f"split must be 'train', 'held_out' or 'all', not {split!r}")
-    b = _Batch(
-        colour=np.zeros((n, 2), dtype=np.int64),
-        shape=np.zeros((n, 2), dtype=np.int64),
-        size=np.zeros((n, 2), dtype=np.int64),
-        show_size=np.zeros(n, dtype=bool),
-        two=np.zeros(n, dtype=bool),
-        where=np.zeros(n, dtype=np.int64),
-        say_where=np.ones(n, dtype=bool),
-    )
-    todo = np.arange(n)
-    for _ in range(1000):  # rejection sampling: ~1/5 of the rows are redrawn per round for "train"
-        m = len(todo)
-        b.two[todo] = rng.random(m) < P_TWO_OBJECTS
-        first = rng.integers(len(COLOURS), size=m)
-        second = (first + rng.integers(1, len(COLOURS), size=m)) % len(COLOURS)  # always a different colour
-        b.colour[todo] = np.stack([first, second], axis=1)
-        b.shape[todo] = rng.integers(len(SHAPES), size=(m, 2))
-        b.size[todo] = rng.integers(len(SIZES), size=(m, 2))
-        b.show_size[todo] = rng.random(m) >= p_omit_size
-        n_where = np.where(b.two[todo], len(RELATIONS), len(POSITIONS))
-        b.where[todo] = (rng.random(m) * n_where).astype(np.int64)
-        held = _held_out_rows(b, todo)
-        keep = held if split == "held_out" else ~held if split == "train" else np.ones(m, dtype=bool)
-        todo = todo[~keep]
-        if len(todo) == 0:
-            return b
-    raise RuntimeError("could not draw specs for the split")  # pragma: no cover - probability ~0
-
-
-def _held_out_rows(b: _Batch, rows: np.ndarray) -> np.ndarray:
-    single = _HELD_SINGLE_TABLE[b.colour[rows, 0], b.shape[rows, 0]]
-    pair = _HELD_PAIR_TABLE[b.colour[rows, 0], b.colour[rows, 1]]
-    return np.where(b.two[rows], pair, single)
-
-
-def _batch_from_specs(specs: Sequence[SceneSpec], rng: np.random.Generator) -> _Batch:
-    """Turn specs into index arrays; what a spec leaves open (size, position, relation) is drawn from `rng`."""
-    n = len(specs)
-    b = _Batch(
-        colour=np.zeros((n, 2), dtype=np.int64),
-        shape=np.zeros((n, 2), dtype=np.int64),
-        size=np.zeros((n, 2), dtype=np.int64),
-        show_size=np.zeros(n, dtype=bool),
-        two=np.zeros(n, dtype=bool),
-        where=np.zeros(n, dtype=np.int64),
-        say_where=np.ones(n, dtype=bool),
-    )
-    for i, spec in enumerate(specs):
-        b.two[i] = len(spec.objects) == 2
-        b.show_size[i] = spec.objects[0].size is not None
-        for k, o in enumerate(spec.objects):
-            b.colour[i, k] = COLOURS.index(o.colour)
-            b.shape[i, k] = SHAPES.index(o.shape)
-            b.size[i, k] = SIZES.index(o.size) if o.size is not None else int(rng.integers(len(SIZES)))
-        if b.two[i]:
-            b.colour[i, 1] = COLOURS.index(spec.objects[1].colour)
-            b.say_where[i] = spec.relation is not None
-            b.where[i] = RELATIONS.index(spec.relation) if spec.relation else int(rng.integers(len(RELATIONS)))
+    rng = _rng(rng_or_seed)
+    while True:
+        n = 2 if rng.random() < P_TWO_OBJECTS else 1
+        colours = [COLOURS[i] for i in rng.permutation(len(COLOURS))[:n]]  # n different colours
+        say_size = rng.random() >= p_omit_size
+        objects = tuple(
+            ObjectSpec(c, SHAPES[rng.integers(len(SHAPES))], SIZES[rng.integers(len(SIZES))] if say_size else None)
+            for c in colours
+        )
+        if n == 1:
+            spec = SceneSpec(objects, position=POSITIONS[rng.integers(len(POSITIONS))])
         else:
-            b.colour[i, 1] = (b.colour[i, 0] + 1) % len(COLOURS)  # unused slot
-            b.say_where[i] = spec.position is not None
-            b.where[i] = POSITIONS.index(spec.position) if spec.position else int(rng.integers(len(POSITIONS)))
-    return b
+            spec = SceneSpec(objects, relation=RELATIONS[rng.integers(len(RELATIONS))])
+        if split == "all" or is_held_out(spec) == (split == "held_out"):
+            return spec
 
 
-def _layout(b: _Batch, rng: np.random.Generator) -> None:
-    """Place the objects: fill `b.cx`, `b.cy` (centroids in pixels) for the whole batch at once.
+def place(
+    shapes: Sequence[str], sizes: Sequence[str], where: str, rng: np.random.Generator
+) -> list[tuple[float, float]]:
+    """The centroids (x, y), in pixels, of one object at position `where`, or of two objects in relation `where`.
 
-    One object: its anchor plus a uniform jitter, clipped so that the shape stays one pixel inside the image.
-    Two objects: along the relation's axis (y for above/below, x for left/right of) the first-placed object and the
-    second are separated by at least their extents plus `PAIR_GAP` (so they never overlap), and the free room is
-    split at random; across the axis each is jittered around the centre line by less than the separation, so that
-    "above" really is more above than beside.
+    One object: its anchor plus a uniform jitter of up to `JITTER` pixels in x and y, clipped so that the shape
+    stays one pixel inside the image. Two objects: along the relation's axis (y for above/below, x for left/right
+    of) the leading object (the top or left one) and the trailing one are separated by at least their extents plus
+    `PAIR_GAP`, so they never overlap, and the free room is split at random; across the axis each is jittered around
+    the centre line by up to `PAIR_CROSS_JITTER`, less than the separation, so that "above" really is more above
+    than beside.
     """
-    n, size = b.n, float(IMAGE_SIZE)
-    radius = np.array([RADIUS[s] for s in SIZES], dtype=np.float32)[b.size]  # (n, 2)
-    half_w = _HALF_WIDTH[b.shape] * radius
-    up = _UP[b.shape] * radius
-    down = _DOWN[b.shape] * radius
-    lo_x, hi_x = 1.0 + half_w, size - 1.0 - half_w  # allowed centroid ranges
-    lo_y, hi_y = 1.0 + up, size - 1.0 - down
+    size = float(IMAGE_SIZE)
+    extents = [np.array(EXTENTS[s]) * RADIUS[z] for s, z in zip(shapes, sizes, strict=True)]  # (half_w, up, down)
+    x_range = [(1.0 + half_w, size - 1.0 - half_w) for half_w, _, _ in extents]  # where each centroid may be
+    y_range = [(1.0 + up, size - 1.0 - down) for _, up, down in extents]
+    if len(shapes) == 1:
+        (ax, ay), (jx, jy) = ANCHORS[where], rng.uniform(-JITTER, JITTER, size=2)
+        return [(float(np.clip(ax + jx, *x_range[0])), float(np.clip(ay + jy, *y_range[0])))]
 
-    cx = np.zeros((n, 2), dtype=np.float32)
-    cy = np.zeros((n, 2), dtype=np.float32)
-
-    # One object.
-    anchors = np.array([ANCHORS[p] for p in POSITIONS], dtype=np.float32)  # (5, 2)
-    jitter = rng.uniform(-JITTER, JITTER, size=(n, 2)).astype(np.float32)
-    one = ~b.two
-    a = anchors[np.where(one, b.where, 0)]
-    cx[:, 0] = np.clip(a[:, 0] + jitter[:, 0], lo_x[:, 0], hi_x[:, 0])
-    cy[:, 0] = np.clip(a[:, 1] + jitter[:, 1], lo_y[:, 0], hi_y[:, 0])
-
-    # Two objects. `lead` is the object that comes first along the axis (top or left one).
-    rel = np.where(b.two, b.where, 0)
-    vertical = rel < 2  # above / below
-    first_leads = (rel == 0) | (rel == 2)  # "X above Y" / "X left of Y": X (slot 0) is the top / left one
-    lead = np.where(first_leads, 0, 1)
+    vertical = where in ("above", "below")
+    lead = 0 if where in ("above", "left of") else 1  # "X above Y", "X left of Y": X (object 0) is the top/left one
     trail = 1 - lead
-    rows = np.arange(n)
-    # Along the axis: extents towards each other, and the allowed range of each centroid.
-    lead_lo = np.where(vertical, lo_y[rows, lead], lo_x[rows, lead])
-    trail_hi = np.where(vertical, hi_y[rows, trail], hi_x[rows, trail])
-    sep = np.where(vertical, down[rows, lead] + up[rows, trail], half_w[rows, lead] + half_w[rows, trail]) + PAIR_GAP
-    slack = np.maximum(trail_hi - lead_lo - sep, 0.0)
-    u = np.sort(rng.random((n, 2)).astype(np.float32), axis=1)
-    lead_pos = lead_lo + slack * u[:, 0]
-    trail_pos = trail_hi - slack * (1.0 - u[:, 1])
-    # Across the axis: a jitter around the centre line.
-    cross = size / 2 + rng.uniform(-PAIR_CROSS_JITTER, PAIR_CROSS_JITTER, size=(n, 2)).astype(np.float32)
-    two = b.two
-    for slot, pos in ((lead, lead_pos), (trail, trail_pos)):
-        sel = two.copy()
-        r = rows[sel]
-        k = slot[sel]
-        v = vertical[sel]
-        cy[r, k] = np.where(v, pos[sel], np.clip(cross[r, k], lo_y[r, k], hi_y[r, k]))
-        cx[r, k] = np.where(v, np.clip(cross[r, k], lo_x[r, k], hi_x[r, k]), pos[sel])
-    b.cx, b.cy = cx, cy
-
-
-def _render(b: _Batch) -> tuple[np.ndarray, np.ndarray]:
-    """Draw the batch: returns images (n, H, W, 3) uint8 and masks (n, 2, H, W) bool.
-
-    Each shape is a signed distance function sd(x, y): negative inside, zero on the edge, in pixels. Its coverage
-    alpha = clip(0.5 - sd, 0, 1) gives a one-pixel soft edge, and the image is blended in place,
-    image = image + alpha * (colour - image). The mask is sd <= 0 (alpha >= 0.5).
-    """
-    assert b.cx is not None and b.cy is not None
-    n, size = b.n, IMAGE_SIZE
-    coords = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
-    image = np.broadcast_to(_BACKGROUND_ARRAY, (n, size, size, 3)).copy()
-    masks = np.zeros((n, 2, size, size), dtype=bool)
-    radius = np.array([RADIUS[s] for s in SIZES], dtype=np.float32)[b.size]
+    along_range, across_range = (y_range, x_range) if vertical else (x_range, y_range)
+    if vertical:  # the lead's bottom edge faces the trail's top edge
+        separation = extents[lead][2] + extents[trail][1] + PAIR_GAP
+    else:  # the lead's right edge faces the trail's left edge
+        separation = extents[lead][0] + extents[trail][0] + PAIR_GAP
+    lo, hi = along_range[lead][0], along_range[trail][1]
+    slack = max(hi - lo - separation, 0.0)  # the free room along the axis
+    u = np.sort(rng.random(2))
+    along = {lead: lo + slack * u[0], trail: hi - slack * (1.0 - u[1])}  # at least `separation` apart
+    across = size / 2 + rng.uniform(-PAIR_CROSS_JITTER, PAIR_CROSS_JITTER, size=2)
+    centres = []
     for k in (0, 1):
-        sd = np.full((n, size, size), np.inf, dtype=np.float32)
-        for s, name in enumerate(SHAPES):
-            idx = np.nonzero((b.shape[:, k] == s) & ((k == 0) | b.two))[0]
-            if len(idx) == 0:
-                continue
-            r = radius[idx, k][:, None, None]
-            dx = coords[None, None, :] - b.cx[idx, k][:, None, None]  # (m, 1, W)
-            dy = coords[None, :, None] - b.cy[idx, k][:, None, None]  # (m, H, 1)
-            if name == "circle":
-                d = np.sqrt(dx * dx + dy * dy) - r
-            elif name == "square":  # Chebyshev distance: exact inside, fine for a one-pixel edge outside
-                d = np.maximum(np.abs(dx), np.abs(dy)) - _HALF_WIDTH[1] * r
-            else:  # triangle, apex up: the largest of the signed distances to its three edge lines
-                hw, h = _HALF_WIDTH[2] * r, 2.2 * r
-                top = dy + _UP[2] * r  # distance below the apex row
-                slanted = (np.abs(dx) * h - top * hw) / np.sqrt(h * h + hw * hw)
-                d = np.maximum(slanted, dy - _DOWN[2] * r)
-            sd[idx] = d
-        alpha = np.clip(0.5 - sd, 0.0, 1.0)[..., None]  # (n, H, W, 1)
-        colour = _PALETTE_ARRAY[b.colour[:, k]][:, None, None, :]  # (n, 1, 1, 3)
-        image += alpha * (colour - image)
-        masks[:, k] = sd <= 0
+        a, c = float(along[k]), float(np.clip(across[k], *across_range[k]))
+        centres.append((c, a) if vertical else (a, c))
+    return centres
+
+
+def signed_distance(shape: str, radius: float, centre: tuple[float, float], size: int = IMAGE_SIZE) -> np.ndarray:
+    """(size, size) signed distance in pixels from each pixel centre to the shape's edge: negative inside."""
+    coords = np.arange(size, dtype=np.float32) + 0.5  # pixel centres
+    dx = coords[None, :] - centre[0]  # (1, W)
+    dy = coords[:, None] - centre[1]  # (H, 1)
+    half_w, up, down = (e * radius for e in EXTENTS[shape])
+    if shape == "circle":
+        return np.sqrt(dx * dx + dy * dy) - radius
+    if shape == "square":  # Chebyshev distance: exact inside, fine for a one-pixel edge outside
+        return np.maximum(np.abs(dx), np.abs(dy)) - half_w
+    # triangle, apex up: the largest of the signed distances to its three edge lines
+    height = up + down
+    slanted = (np.abs(dx) * height - (dy + up) * half_w) / np.hypot(height, half_w)
+    return np.maximum(slanted, dy - down)
+
+
+def draw(objects: Sequence[tuple[str, str, str, tuple[float, float]]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Draw (colour, shape, size, centre) objects in order on the background: (image (H, W, 3) uint8, masks).
+
+    The coverage of a pixel by a shape is alpha = clip(0.5 - sd, 0, 1), a one-pixel soft edge, and each shape is
+    blended in: image = image + alpha * (colour - image). An object's mask is sd <= 0 (alpha >= 0.5).
+    """
+    image = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    image[:] = BACKGROUND
+    masks = []
+    for colour, shape, size, centre in objects:
+        sd = signed_distance(shape, RADIUS[size], centre)  # (H, W)
+        alpha = np.clip(0.5 - sd, 0.0, 1.0)[..., None]  # (H, W, 1)
+        image += alpha * (np.array(PALETTE[colour], dtype=np.float32) - image)
+        masks.append(sd <= 0)
     return np.rint(image).astype(np.uint8), masks
 
 
-def _caption_words(b: _Batch, i: int) -> tuple[str, list[dict[str, int]]]:
-    """The caption of row i and, per object, the indices of its words in caption.split()."""
-    words: list[str] = []
-    named: list[dict[str, int]] = []
-    for k in range(2 if b.two[i] else 1):
-        if k == 1:
-            if b.say_where[i]:
-                words += RELATION_PHRASES[RELATIONS[b.where[i]]].split()
-            else:
-                words.append("and")
-        idx: dict[str, int] = {}
-        words.append("a")
-        if b.show_size[i]:
-            idx["size"] = len(words)
-            words.append(SIZES[b.size[i, k]])
-        idx["colour"] = len(words)
-        words.append(COLOURS[b.colour[i, k]])
-        idx["shape"] = len(words)
-        words.append(SHAPES[b.shape[i, k]])
-        named.append(idx)
-    if not b.two[i] and b.say_where[i]:
-        words += POSITION_PHRASES[POSITIONS[b.where[i]]].split()
-    return " ".join(words), named
+def word_indices(spec: SceneSpec, words: Sequence[str] | None = None) -> list[dict[str, int]]:
+    """Per object, where its words are in `words` (default: the spec's caption split at spaces): "colour",
+    "shape" and, when said, "size" -> index.
 
-
-def _spec_of(b: _Batch, i: int) -> SceneSpec:
-    objs = tuple(
-        ObjectSpec(COLOURS[b.colour[i, k]], SHAPES[b.shape[i, k]], SIZES[b.size[i, k]] if b.show_size[i] else None)
-        for k in range(2 if b.two[i] else 1)
-    )
-    if b.two[i]:
-        return SceneSpec(objs, relation=RELATIONS[b.where[i]] if b.say_where[i] else None)
-    return SceneSpec(objs, position=POSITIONS[b.where[i]] if b.say_where[i] else None)
-
-
-def _scenes(b: _Batch, images: np.ndarray, masks: np.ndarray) -> list[Scene]:
-    assert b.cx is not None and b.cy is not None
-    scenes = []
-    for i in range(b.n):
-        caption, named = _caption_words(b, i)
-        objects = []
-        for k in range(2 if b.two[i] else 1):
-            if b.two[i]:
-                rel = RELATIONS[b.where[i]]
-                position = rel if k == 0 else _INVERSE[rel]
-            else:
-                position = POSITIONS[b.where[i]]
-            objects.append(
-                SceneObject(
-                    colour=COLOURS[b.colour[i, k]],
-                    shape=SHAPES[b.shape[i, k]],
-                    size=SIZES[b.size[i, k]],
-                    position=position,
-                    centre=(float(b.cx[i, k]), float(b.cy[i, k])),
-                    mask=masks[i, k],
-                    words=named[k],
-                )
-            )
-        scenes.append(Scene(image=images[i], caption=caption, spec=_spec_of(b, i), objects=objects))
-    return scenes
-
-
-def sample_scenes(
-    rng_or_seed: np.random.Generator | int | None, n: int, split: str = "train", p_omit_size: float = P_OMIT_SIZE
-) -> list[Scene]:
-    """Draw `n` random scenes from `split` ("train", "held_out" or "all"), with masks and caption word indices."""
-    rng = _rng(rng_or_seed)
-    b = _draw_specs(rng, n, split, p_omit_size)
-    _layout(b, rng)
-    return _scenes(b, *_render(b))
-
-
-def sample_scene(
-    rng_or_seed: np.random.Generator | int | None, split: str = "train", p_omit_size: float = P_OMIT_SIZE
-) -> Scene:
-    """Draw one random scene. The same seed always gives the same scene.
-
-    >>> sample_scene(0).caption == sample_scene(0).caption
-    True
+    The two objects of a scene differ in colour, so the colour word finds the object; its shape word is the first
+    one after it, and its size word the one just before it.
     """
-    return sample_scenes(rng_or_seed, 1, split, p_omit_size)[0]
+    words = list(words) if words is not None else spec.caption().split()
+    out = []
+    for o in spec.objects:
+        ci = words.index(o.colour)
+        idx = {"colour": ci, "shape": words.index(o.shape, ci + 1)}
+        if o.size is not None and ci > 0 and words[ci - 1] == o.size:
+            idx["size"] = ci - 1
+        out.append(idx)
+    return out
+
+
+_INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
 
 def scene_from_spec(spec: SceneSpec | str, seed: int | np.random.Generator | None = 0) -> Scene:
@@ -603,11 +446,40 @@ def scene_from_spec(spec: SceneSpec | str, seed: int | np.random.Generator | Non
     if isinstance(spec, str):
         spec = parse_caption(spec)
     rng = _rng(seed)
-    b = _batch_from_specs([spec], rng)
-    _layout(b, rng)
-    scene = _scenes(b, *_render(b))[0]
-    scene.spec = spec
-    return scene
+    sizes = [o.size or SIZES[rng.integers(len(SIZES))] for o in spec.objects]
+    if len(spec.objects) == 1:
+        where = spec.position or POSITIONS[rng.integers(len(POSITIONS))]
+        positions = [where]
+    else:
+        where = spec.relation or RELATIONS[rng.integers(len(RELATIONS))]
+        positions = [where, _INVERSE[where]]
+    centres = place([o.shape for o in spec.objects], sizes, where, rng)
+    image, masks = draw([(o.colour, o.shape, z, c) for o, z, c in zip(spec.objects, sizes, centres, strict=True)])
+    objects = [
+        SceneObject(o.colour, o.shape, z, p, c, m, w)
+        for o, z, p, c, m, w in zip(spec.objects, sizes, positions, centres, masks, word_indices(spec), strict=True)
+    ]
+    return Scene(image=image, caption=spec.caption(), spec=spec, objects=objects)
+
+
+def sample_scene(
+    rng_or_seed: np.random.Generator | int | None, split: str = "train", p_omit_size: float = P_OMIT_SIZE
+) -> Scene:
+    """Draw one random scene of `split`, with masks and caption word indices. The same seed gives the same scene.
+
+    >>> sample_scene(0).caption == sample_scene(0).caption
+    True
+    """
+    rng = _rng(rng_or_seed)
+    return scene_from_spec(random_spec(rng, split, p_omit_size), rng)
+
+
+def sample_scenes(
+    rng_or_seed: np.random.Generator | int | None, n: int, split: str = "train", p_omit_size: float = P_OMIT_SIZE
+) -> list[Scene]:
+    """Draw `n` random scenes from `split` ("train", "held_out" or "all")."""
+    rng = _rng(rng_or_seed)
+    return [sample_scene(rng, split, p_omit_size) for _ in range(n)]
 
 
 def batch(
@@ -616,17 +488,11 @@ def batch(
     split: str = "train",
     p_omit_size: float = P_OMIT_SIZE,
 ) -> tuple[torch.Tensor, list[str]]:
-    """A training batch: images (n, 3, 64, 64) float32 in [-1, 1] and their captions.
-
-    This is the fast path (no Scene objects): a few thousand scenes per second on one CPU core.
-    """
-    rng = _rng(rng)
-    b = _draw_specs(rng, n, split, p_omit_size)
-    _layout(b, rng)
-    images, _ = _render(b)
-    captions = [_caption_words(b, i)[0] for i in range(n)]
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (n, H, W, 3) -> (n, 3, H, W)
-    return x.contiguous(), captions
+    """A training batch: images (n, 3, 64, 64) float32 in [-1, 1] and their captions."""
+    scenes = sample_scenes(rng, n, split, p_omit_size)
+    images = np.stack([s.image for s in scenes]).transpose(0, 3, 1, 2)  # (n, H, W, 3) -> (n, 3, H, W) uint8
+    x = np.ascontiguousarray(images, dtype=np.float32) / 127.5 - 1.0  # in [-1, 1]
+    return torch.from_numpy(x), [s.caption for s in scenes]
 
 
 class ShapesDataset(torch.utils.data.Dataset):

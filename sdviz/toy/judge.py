@@ -5,15 +5,18 @@ arithmetic can read a picture back:
 
 1. **Segment by colour.** Each pixel gets the nearest colour of the palette (or the background), if it is within
    `threshold` (RGB distance) of it; otherwise it is "no colour". Specks smaller than `min_speck` pixels are removed.
-2. **Colour.** An object named "red ..." is found if the red pixels form a blob of at least `min_area` pixels; the
-   largest red blob *is* the object.
-3. **Shape.** Fit the three shapes into the blob's bounding box (a disc, the full box, an apex-up triangle) and take
+2. **Objects.** A blob (4-connected pixels of one colour) of at least `MIN_AREA` pixels is an object. An object
+   named "red ..." is found if there is a red object; the largest red blob *is* it.
+3. **Count.** The picture must hold exactly the objects its prompt names: one object of each named colour and none of
+   any other colour. Two purple triangles for "a purple triangle" get the colour and the shape right and the count
+   wrong, and so does a purple triangle beside a stray green circle; either way the prompt is not `correct`.
+4. **Shape.** Fit the three shapes into the blob's bounding box (a disc, the full box, an apex-up triangle) and take
    the one that overlaps the blob best (intersection over union). Equivalent in spirit to the fill ratio of the box
    (square ~1, circle ~pi/4, triangle ~1/2), but it also tells an apex-up triangle from an apex-down one.
-4. **Position.** One object: the nearest of the five anchors (left, right, top, bottom, centre) to the blob's
+5. **Position.** One object: the nearest of the five anchors (left, right, top, bottom, centre) to the blob's
    centroid. Two objects: "X above Y" holds if X's centroid is higher than Y's, by more than it is beside it (and
    likewise for below / left of / right of).
-5. **Size** (a bonus, when the prompt says it): blob area above or below a threshold halfway between the sizes.
+6. **Size** (a bonus, when the prompt says it): blob area above or below a threshold halfway between the sizes.
 
 All thresholds scale with the image size, so a 128x128 image is judged like a 64x64 one.
 """
@@ -116,13 +119,15 @@ def segment(image: np.ndarray | Image.Image | torch.Tensor, colour: str, clean: 
     return keep[labels]  # label -1 indexes the trailing False
 
 
-def _largest_blob(classes: np.ndarray, colour: str) -> np.ndarray:
-    """The largest 4-connected blob of `colour` in a map of pixel classes (see `classify_pixels`)."""
+def find_objects(classes: np.ndarray, colour: str, min_area: float = MIN_AREA) -> list[np.ndarray]:
+    """The objects of `colour` in a map of pixel classes (see `classify_pixels`): its 4-connected blobs of at least
+    `min_area` pixels, largest first, each an (H, W) bool mask."""
     mask = classes == _NAMES.index(colour)
+    if mask.sum() < min_area:  # cheap test first: too few pixels of this colour for even one object
+        return []
     labels, sizes = connected_components(mask)
-    if not sizes:
-        return mask
-    return labels == int(np.argmax(sizes))
+    order = sorted((i for i, n in enumerate(sizes) if n >= min_area), key=lambda i: -sizes[i])
+    return [labels == i for i in order]
 
 
 def shape_scores(blob: np.ndarray) -> dict[str, float]:
@@ -174,14 +179,25 @@ class ObjectVerdict:
     colour: str  # what the prompt asked for
     shape: str
     size: str | None
-    colour_ok: bool  # a blob of that colour exists
-    shape_ok: bool  # ... and has the asked shape
+    colour_ok: bool  # an object of that colour exists
+    shape_ok: bool  # ... and the largest one has the asked shape
     position_ok: bool | None  # ... and sits where asked (None: the prompt says nowhere)
     size_ok: bool | None  # ... and has the asked size (None: the prompt does not say)
     found_shape: str | None = None  # what the judge saw (None when the colour is missing)
     centre: tuple[float, float] | None = None  # (x, y) centroid of the blob
     area: int = 0  # pixels in the blob
     mask: np.ndarray | None = field(default=None, repr=False)  # (H, W) bool, the blob
+    count: int = 0  # how many objects of its colour the picture holds (1 is right)
+
+    @property
+    def count_ok(self) -> bool:
+        """Drawn exactly once: no second object of the same colour."""
+        return self.count == 1
+
+    @property
+    def ok(self) -> bool:
+        """Right colour, shape, position (where asked) and count; the size is not required."""
+        return self.colour_ok and self.shape_ok and self.position_ok is not False and self.count_ok
 
 
 @dataclass
@@ -191,12 +207,24 @@ class Verdict:
     prompt: str
     spec: SceneSpec
     objects: list[ObjectVerdict]
-    extra_colours: list[str]  # palette colours with a sizeable blob that the prompt did not ask for
+    extra_colours: list[str]  # palette colours with an object that the prompt did not ask for
+    counts: dict[str, int] = field(default_factory=dict)  # colour -> objects of that colour in the picture (> 0)
+
+    @property
+    def n_drawn(self) -> int:
+        """How many objects the picture holds, of any colour."""
+        return sum(self.counts.values())
+
+    @property
+    def count_ok(self) -> bool:
+        """The picture holds exactly the objects the prompt names: one of each named colour, none of another."""
+        return all(o.count_ok for o in self.objects) and not self.extra_colours
 
     @property
     def correct(self) -> bool:
-        """Every named object has the right colour, shape and position (size is not required)."""
-        return all(o.colour_ok and o.shape_ok and o.position_ok is not False for o in self.objects)
+        """Every named object has the right colour, shape, position and count, and nothing else is drawn (size is
+        not required)."""
+        return all(o.ok for o in self.objects) and self.count_ok
 
 
 def judge(image: np.ndarray | Image.Image | torch.Tensor, prompt: str | SceneSpec) -> Verdict:
@@ -211,23 +239,35 @@ def judge(image: np.ndarray | Image.Image | torch.Tensor, prompt: str | SceneSpe
     spec = parse_caption(prompt) if isinstance(prompt, str) else prompt
     scale = _scale(img)
     classes = classify_pixels(img)
+    found = {c: find_objects(classes, c, MIN_AREA * scale) for c in PALETTE}  # colour -> its objects, largest first
     objects: list[ObjectVerdict] = []
     for o in spec.objects:
-        blob = _largest_blob(classes, o.colour)
-        area = int(blob.sum())
-        if area < MIN_AREA * scale:
+        if not found[o.colour]:
             objects.append(ObjectVerdict(o.colour, o.shape, o.size, False, False, False, False if o.size else None))
             continue
+        blob = found[o.colour][0]
+        area = int(blob.sum())
         ys, xs = np.nonzero(blob)
         centre = (float(xs.mean() + 0.5), float(ys.mean() + 0.5))
-        found = classify_shape(blob)
+        shape = classify_shape(blob)
         size_ok = None if o.size is None else (area >= SIZE_AREA * scale) == (o.size == "large")
         position_ok = None
         if len(spec.objects) == 1 and spec.position is not None:
             position_ok = classify_position(centre, img.shape[:2]) == spec.position
         objects.append(
             ObjectVerdict(
-                o.colour, o.shape, o.size, True, found == o.shape, position_ok, size_ok, found, centre, area, blob
+                o.colour,
+                o.shape,
+                o.size,
+                colour_ok=True,
+                shape_ok=shape == o.shape,
+                position_ok=position_ok,
+                size_ok=size_ok,
+                found_shape=shape,
+                centre=centre,
+                area=area,
+                mask=blob,
+                count=len(found[o.colour]),
             )
         )
     if len(objects) == 2 and spec.relation is not None:
@@ -235,18 +275,14 @@ def judge(image: np.ndarray | Image.Image | torch.Tensor, prompt: str | SceneSpe
         ok = a.centre is not None and b.centre is not None and relation_holds(a.centre, b.centre, spec.relation)
         a.position_ok = b.position_ok = ok
     named = {o.colour for o in spec.objects}
-    extra = [
-        c
-        for c in PALETTE
-        if c not in named
-        and (classes == _NAMES.index(c)).sum() >= MIN_AREA * scale  # cheap test first
-        and _largest_blob(classes, c).sum() >= MIN_AREA * scale
-    ]
-    return Verdict(prompt if isinstance(prompt, str) else prompt.caption(), spec, objects, extra)
+    extra = [c for c in PALETTE if c not in named and found[c]]
+    counts = {c: len(blobs) for c, blobs in found.items() if blobs}
+    return Verdict(prompt if isinstance(prompt, str) else prompt.caption(), spec, objects, extra, counts)
 
 
 def summarise(verdicts: Iterable[Verdict]) -> dict[str, float]:
-    """Rates over many verdicts: per object (colour, shape, position, size where asked) and per prompt (correct)."""
+    """Rates over many verdicts: per named object (colour, shape, position and size where asked), and per prompt
+    (count: exactly the named objects are drawn; correct: all of it)."""
     verdicts = list(verdicts)
     objs = [o for v in verdicts for o in v.objects]
 
@@ -258,6 +294,7 @@ def summarise(verdicts: Iterable[Verdict]) -> dict[str, float]:
         "shape": rate([o.shape_ok for o in objs]),
         "position": rate([o.position_ok for o in objs if o.position_ok is not None]),
         "size": rate([o.size_ok for o in objs if o.size_ok is not None]),
+        "count": rate([v.count_ok for v in verdicts]),
         "correct": rate([v.correct for v in verdicts]),
         "n_prompts": float(len(verdicts)),
         "n_objects": float(len(objs)),

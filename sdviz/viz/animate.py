@@ -46,8 +46,7 @@ class AnimationError(ValueError):
 
 
 def _step_caption(tr: Any, i: int) -> str:
-    n = len(tr.timesteps)
-    return f"step {i + 1}/{n}   t = {tr.timesteps[i]}"
+    return f"step {i} / {len(tr.timesteps) - 1}   t = {tr.timesteps[i]}"
 
 
 def denoising_frames(tr: Any, image: int = 0, size: int = 128, decoded: bool | None = None) -> list[np.ndarray]:

@@ -109,12 +109,12 @@ class Explorer:
             layout=W.Layout(width="480px"),
         )
         self.window.add_class("sdviz-window")
-        where = [("all layers", None)] + [(f"{h}x{w} layers", (h, w)) for h, w in rec.resolutions]
+        where = [("all layers", "all")] + [(f"{h}x{w} layers", (h, w)) for h, w in rec.resolutions]
         if maps.layers_kept:
             where += [(f"layer {_short_layer(k)} ({rec.grid[k][0]}x{rec.grid[k][1]})", k) for k in rec.sums]
-        self.where = W.Dropdown(options=where, value=None, description="layers", style=style)
-        heads = [("mean of the heads", None)] + [(f"head {h}", h) for h in range(maps.heads)]
-        self.head = W.Dropdown(options=heads, value=None, description="heads", style=style, disabled=not maps.heads)
+        self.where = W.Dropdown(options=where, value="all", description="layers", style=style)
+        heads = [("mean of the heads", "mean")] + [(f"head {h}", h) for h in range(maps.heads)]
+        self.head = W.Dropdown(options=heads, value="mean", description="heads", style=style, disabled=not maps.heads)
         self.scale = W.ToggleButtons(
             options=[("per map", "per map"), ("shared", "shared")], value="per map", description="colour scale",
             style=style, tooltips=["each map from its own min to its max", "one scale for all the entries listed"],
@@ -193,7 +193,8 @@ class Explorer:
         steps = tuple(self.window.value) if self.maps.per_step_kept else None
         if steps is not None and steps == (self.maps.steps[0], self.maps.steps[-1]):
             steps = None  # the whole run
-        return {"steps": steps, "where": self.where.value, "head": self.head.value}
+        where, head = self.where.value, self.head.value
+        return {"steps": steps, "where": None if where == "all" else where, "head": None if head == "mean" else head}
 
     def entry_maps(self, entries: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
         """{entry: (H, W) map} of the listed entries (default: those of the picker) for the current choice."""

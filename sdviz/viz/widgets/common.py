@@ -15,7 +15,10 @@ from sdviz.viz.widgets import frames as F
 
 def panel(caption: str, width: int, value: bytes = b"") -> tuple[W.VBox, W.Image, W.HTML]:
     """An image with a caption above it: (box, image widget, caption widget)."""
-    title = W.HTML(f"<b style='font-size:12px'>{html.escape(caption)}</b>", layout=W.Layout(width=f"{width}px"))
+    title = W.HTML(
+        f"<div style='font-size:12px;line-height:1.25;font-weight:bold'>{html.escape(caption)}</div>",
+        layout=W.Layout(width=f"{width}px"),
+    )
     image = W.Image(value=value, format="png", layout=W.Layout(width=f"{width}px", min_width=f"{width}px"))
     return W.VBox([title, image], layout=W.Layout(margin="0 8px 8px 0")), image, title
 

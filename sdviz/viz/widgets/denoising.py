@@ -30,14 +30,14 @@ from sdviz.viz.widgets.checks import need_cross_attention, need_latents, word_po
 from sdviz.viz.widgets.common import StaticAnimation, note, panel
 
 CAPTIONS = {
-    "x_t": "x_t: the noisy latent (RGB preview)",
-    "x0": "predicted x0 (RGB preview)",
-    "decoded": "predicted x0, decoded by the VAE",
+    "x_t": "x_t, the noisy latent (preview)",
+    "x0": "predicted x0 (preview)",
+    "decoded": "predicted x0, VAE decode",
     "eps": "predicted noise eps (guided)",
-    "guidance": "guidance direction eps_cond - eps_uncond",
-    "channels": "x_t, latent channels (blue < 0 < red)",
+    "guidance": "guidance: eps_cond - eps_uncond",
+    "channels": "x_t's latent channels (blue < 0 < red)",
     "attention": "attention of {word!r} at this step",
-    "schedule": "noise schedule, current t in red",
+    "schedule": "the noise schedule, t in red",
 }
 
 
@@ -153,7 +153,7 @@ class Player:
             s = F.schedule_numbers(self.schedule, t)
             self.readouts.append(
                 "<div style='font-family:monospace;font-size:13px'>"
-                f"step <b>{i + 1}</b> / {self.n} &nbsp; t = <b>{t}</b> &nbsp; "
+                f"step <b>{i}</b> / {self.n - 1} &nbsp; t = <b>{t}</b> &nbsp; "
                 f"sigma_t = {s['sigma']:.4g} &nbsp; alpha_bar_t = {s['alpha_bar']:.4g} &nbsp; "
                 f"SNR = {s['snr']:.4g}<br><span style='color:#666'>{html.escape(str(sampler))}, cfg {cfg:g}; "
                 f"eps and guidance: grey = 0, full colour at +-{eps_scale:.3g}"
@@ -195,6 +195,7 @@ class Player:
         self.slider.add_class("sdviz-step")
         W.jslink((self.play, "value"), (self.slider, "value"))
         self.readout = W.HTML()
+        self.readout.add_class("sdviz-readout")
         self.images: dict[str, W.Image] = {}
         boxes: dict[str, Any] = {}
         for key in ("x_t", "x0", "decoded", "eps", "guidance", "channels", "attention", "schedule"):

@@ -206,7 +206,8 @@ class Studio:
             pic = ((rec.to_rgb(step.x0[0].float().cpu()) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
         self.live.value = F.png(F.enlarge(pic, self.panel_size))
         self.live_caption.value = (
-            f"<b style='font-size:12px'>predicted picture x0, step {step.index + 1}/{n}, t = {step.t}</b>"
+            f"<div style='font-size:12px;line-height:1.25;font-weight:bold'>predicted picture x0<br>"
+            f"step {step.index} / {n - 1}, t = {step.t}</div>"
         )
 
     def _show_trace(self, tr: Any) -> None:

@@ -1,13 +1,13 @@
 # `make demo` and `make test` each set up what they need, idempotently:
 # a .venv with the pinned CPU torch (override: make test TORCH="torch==2.13.0 --index-url ..."),
-# the package with its test extra, and Graphviz's `dot`.
+# the package with its test and lab extras, Graphviz's `dot` and (for the browser test) Debian's chromium.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sdviz-installed
 
-.PHONY: demo test test-all lint flowcharts figures graphviz clean
+.PHONY: demo test test-all lint flowcharts figures graphviz chromium lab screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,lab]"
 	touch $(STAMP)
 
 graphviz:
@@ -25,10 +25,19 @@ graphviz:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq graphviz >/dev/null; \
 	} || echo "could not install Graphviz; flowchart PNG/SVG rendering will be skipped"
 
+# Debian's chromium for tests/test_browser.py (driven by Playwright; never `playwright install`). If it cannot be
+# installed, the browser test fails with one line saying so.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium (for the browser test)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	} || echo "could not install chromium; tests/test_browser.py will fail and say why"
+
 demo: $(STAMP) graphviz
 	$(BIN)/python -m sdviz demo
 
-test: $(STAMP) graphviz
+test: $(STAMP) graphviz chromium
 	$(BIN)/python -m ruff check sdviz tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
@@ -38,6 +47,14 @@ test-all: $(STAMP) graphviz
 
 flowcharts: $(STAMP) graphviz
 	$(BIN)/python -m sdviz flowchart --out flowcharts
+
+# JupyterLab on notebooks/, with sdviz, the widgets and a kernel from .venv
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+# redraw readme-images/explorer.png with the browser test's script (JupyterLab + headless chromium)
+screenshots: $(STAMP) chromium
+	$(BIN)/python tests/browser/lab.py --out readme-images
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check sdviz tests benchmarks

@@ -86,12 +86,19 @@ class EulerSampler(Sampler):
         """One Euler step of dx/dsigma = (x - D(x; sigma)) / sigma from this timestep's sigma to the next one."""
         i = self._index(t)
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        x_next, x0 = self._euler_step(model_output, t, latents, sigma, sigma_to=sigma_next)
+        return SamplerOutput(x_next.to(latents.dtype), x0.to(latents.dtype))
 
+    def _euler_step(
+        self, model_output: Tensor, t: int, latents: Tensor, sigma: Tensor, sigma_to: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """What both Euler samplers do: one straight step of the ODE from x at level sigma (timestep t's) down to
+        level `sigma_to`. Returns (x at sigma_to, the denoised x0), in float32."""
         x = latents.float()  # (B, 4, h, w)
         x0 = self.predict_x0(model_output.float(), t, x)  # D(x; sigma)  (eq. 7)
         d = (x - x0) / sigma  # dx/dsigma = (x - D(x; sigma)) / sigma  (Algorithm 2 line 7; eqs. 1 and 3)
-        x_next = x + d * (sigma_next - sigma)  # x_{i+1} = x_i + (sigma_{i+1} - sigma_i) d_i  (Algorithm 2 line 8)
-        return SamplerOutput(x_next.to(latents.dtype), x0.to(latents.dtype))
+        x_next = x + d * (sigma_to - sigma)  # x_{i+1} = x_i + (sigma_{i+1} - sigma_i) d_i  (Algorithm 2 line 8)
+        return x_next, x0
 
     def add_noise(self, original: Tensor, noise: Tensor, t: int | Tensor) -> Tensor:
         """Noise clean latents to timestep t in sigma space: x = x_0 + sigma_t * eps. `t` may hold one per sample."""
@@ -133,10 +140,7 @@ class EulerAncestralSampler(EulerSampler):
         sigma_up = (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
         sigma_down = (sigma_next**2 - sigma_up**2).clamp(min=0) ** 0.5  # clamp: float rounding must not give NaN
 
-        x = latents.float()  # (B, 4, h, w)
-        x0 = self.predict_x0(model_output.float(), t, x)  # D(x; sigma)  (Karras eq. 7)
-        d = (x - x0) / sigma  # dx/dsigma  (Karras Algorithm 2 line 7)
-        x_next = x + d * (sigma_down - sigma)  # Euler step to sigma_down  (Karras Algorithm 2 line 8)
+        x_next, x0 = self._euler_step(model_output, t, latents, sigma, sigma_to=sigma_down)  # Euler step to sigma_down
         # diffusers draws this noise on every step, the last one too (where sigma_up = 0): so does sdviz, so that one
         # generator gives both the same numbers
         z = self._noise_for(latents, noise, generator).float()  # z ~ N(0, I)

@@ -3,7 +3,8 @@
 Every loop feeds both sides the same model outputs (a fixed function of the latents and t plus fixed random
 tensors) and, for the stochastic samplers, the same fresh noise: sdviz gets it through `noise=`, diffusers through
 `variance_noise=` (DDIM) or by replacing the `randn_tensor` its scheduler module calls (DDPM, Euler ancestral).
-A separate test checks that identically seeded generators give both sides the same draws.
+A separate test checks that identically seeded generators give both sides the same draws. The multistep samplers
+(PNDM, DPM-Solver++, UniPC) have their own file, tests/test_samplers_multistep.py.
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ def test_scale_model_input_is_identity_for_ddpm_ddim(case):
 
 
 def test_registry_and_flags():
-    assert list(SAMPLERS) == ["ddpm", "ddim", "euler", "euler_a"]
+    assert list(SAMPLERS) == ["ddpm", "ddim", "euler", "euler_a", "pndm", "dpmpp_2m", "unipc"]
     for name in SAMPLERS:
         sampler = get_sampler(name)
         assert sampler.name == name
@@ -294,6 +295,7 @@ def test_registry_and_flags():
     assert get_sampler("ddim", eta=0.5).needs_noise
     assert not get_sampler("euler").needs_noise
     assert get_sampler("euler_a").needs_noise
+    assert not any(get_sampler(name).needs_noise for name in ["pndm", "dpmpp_2m", "unipc"])
     assert get_sampler("ddpm").init_noise_sigma == get_sampler("ddim").init_noise_sigma == 1.0
 
 
@@ -314,7 +316,9 @@ def test_dtype_is_kept(name):
 def test_unknown_sampler_lists_known_ones():
     with pytest.raises(ValueError) as err:
         get_sampler("x")
-    assert str(err.value) == "unknown sampler 'x'; known: ddpm, ddim, euler, euler_a"
+    assert str(err.value) == "unknown sampler 'x'; known: ddpm, ddim, euler, euler_a, pndm, dpmpp_2m, unipc"
+    with pytest.raises(ValueError, match="unknown sampler None"):
+        get_sampler(None)
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
@@ -343,17 +347,49 @@ def test_noise_of_the_wrong_shape(name):
 
 def test_max_steps_depend_on_offset():
     get_sampler("ddpm").set_timesteps(1000)  # 999 ... 0
-    for name in ["ddim", "euler", "euler_a"]:  # offset 1: 1000 steps would need timestep 1000
+    for name in ["ddim", "euler", "euler_a", "pndm"]:  # offset 1: 1000 steps would need timestep 1000
         get_sampler(name).set_timesteps(999)
         with pytest.raises(ValueError, match="from 1 to 999"):
             get_sampler(name).set_timesteps(1000)
+    for name in ["dpmpp_2m", "unipc"]:  # T // (n + 1) spacing: 999 steps would need timestep 1000
+        get_sampler(name).set_timesteps(998)
+        assert int(get_sampler(name).max_steps) == 998
+        with pytest.raises(ValueError, match="from 1 to 998"):
+            get_sampler(name).set_timesteps(999)
 
 
 def test_bad_eta_and_options():
     with pytest.raises(ValueError, match="eta"):
         get_sampler("ddim", eta=-0.1)
-    with pytest.raises(TypeError):
-        get_sampler("euler", eta=0.5)
+    with pytest.raises(ValueError, match="use_karras_sigmas must be True or False"):
+        get_sampler("dpmpp_2m", use_karras_sigmas="yes")
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("euler", {"eta": 0.5}, "sampler 'euler' has no option 'eta'; it takes no options"),
+        ("dpmpp_2m", {"eta": 0.5}, "sampler 'dpmpp_2m' has no option 'eta'; its options: use_karras_sigmas"),
+        ("ddim", {"eta": 0.1, "steps": 3}, "sampler 'ddim' has no option 'steps'; its options: eta"),
+        (
+            "ddim",
+            {"use_karras_sigmas": True},
+            "sampler 'ddim' has no option 'use_karras_sigmas'; its options: eta "
+            "(Karras sigmas are an option of dpmpp_2m, unipc)",
+        ),
+        (
+            "pndm",
+            {"use_karras_sigmas": False},
+            "sampler 'pndm' has no option 'use_karras_sigmas'; it takes no options "
+            "(Karras sigmas are an option of dpmpp_2m, unipc)",
+        ),
+    ],
+)
+def test_an_option_the_sampler_does_not_take_is_a_one_line_error(name, options, message):
+    """Issue 10: an option was silently dropped (eta) or a raw TypeError; now a ValueError that lists the options."""
+    with pytest.raises(ValueError) as err:
+        get_sampler(name, **options)
+    assert str(err.value) == message
 
 
 def test_euler_rejects_a_foreign_timestep():

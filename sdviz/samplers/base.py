@@ -17,6 +17,9 @@ Choosing timesteps ("leading" spacing, as SD 1.x's schedulers do): with n steps 
 981, 961, ..., 21, 1. A sampler always steps from one of these to the next one (T // n lower) and the last step
 lands below 0, on the clean image.
 
+The multistep samplers (PNDM, DPM-Solver++, UniPC) also remember earlier steps' predictions: `set_timesteps` starts
+them afresh, and their `step` must be called with `sampler.timesteps` in order.
+
 Every method leaves its input tensors untouched and computes in float32; results come back in the latents' dtype.
 """
 
@@ -52,10 +55,15 @@ class Sampler:
     def __init__(self, schedule: ScheduleConfig | None = None):
         self.schedule = NoiseSchedule(schedule)
         self.num_steps: int | None = None  # n, as asked of set_timesteps (before strength cuts the start off)
-        self.step_ratio: int | None = None  # T // n: the distance between two consecutive timesteps
+        self.step_ratio: int | None = None  # T // n: the distance between two consecutive timesteps (None: uneven)
         self.timesteps = torch.zeros(0, dtype=torch.long)  # set by set_timesteps
 
     # -- choosing the timesteps ------------------------------------------------------------------------------------
+
+    @property
+    def max_steps(self) -> int:
+        """The most steps `set_timesteps` accepts: more would need timestep T, which the model never saw."""
+        return self.schedule.num_train_timesteps - self.steps_offset
 
     def set_timesteps(self, num_steps: int, strength: float = 1.0) -> None:
         """Pick the `num_steps` timesteps to visit, in descending order, then keep only the last `strength` of them.
@@ -63,24 +71,23 @@ class Sampler:
         strength = 1 starts from pure noise; strength = 0.6 with 50 steps visits the last int(50 * 0.6) = 30
         timesteps (image-to-image: the image keeps 40% of its structure). strength = 0 visits none.
         """
-        T = self.schedule.num_train_timesteps
-        max_steps = T - self.steps_offset  # more would need timestep T, which the model never saw
-        is_int = isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
-        if not is_int or not 1 <= num_steps <= max_steps:
-            raise ValueError(f"num_steps must be an integer from 1 to {max_steps} ({self.name}), got {num_steps!r}")
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be a number between 0 and 1, got {strength!r}")
-
-        num_steps = int(num_steps)
+        num_steps = self._check_steps(num_steps, strength)
         self.num_steps = num_steps
-        self.step_ratio = T // num_steps
+        self.step_ratio = self.schedule.num_train_timesteps // num_steps
         # "leading" spacing: 0, r, 2r, ..., (n-1) r, shifted by the offset, then reversed (noisiest first)
         timesteps = (torch.arange(num_steps, dtype=torch.long) * self.step_ratio + self.steps_offset).flip(0)
+        self.timesteps = timesteps[first_kept_step(num_steps, strength) :]  # (n,) -> (int(n * strength),)
 
-        # strength < 1: skip the first (noisiest) steps, exactly as diffusers' img2img pipeline does
-        init_timestep = min(int(num_steps * strength), num_steps)
-        t_start = max(num_steps - init_timestep, 0)
-        self.timesteps = timesteps[t_start:]  # (n,) -> (init_timestep,)
+    def _check_steps(self, num_steps: int, strength: float) -> int:
+        """`set_timesteps`' arguments, checked: num_steps as an int, or a one-line ValueError."""
+        is_int = isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
+        if not is_int or not 1 <= num_steps <= self.max_steps:
+            raise ValueError(
+                f"num_steps must be an integer from 1 to {self.max_steps} ({self.name}), got {num_steps!r}"
+            )
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be a number between 0 and 1, got {strength!r}")
+        return int(num_steps)
 
     # -- what each sampler defines ---------------------------------------------------------------------------------
 
@@ -114,7 +121,7 @@ class Sampler:
         return timestep_int(t, self.schedule.num_train_timesteps)
 
     def _check_ready(self) -> None:
-        if self.step_ratio is None:
+        if self.num_steps is None:
             raise RuntimeError(f"{self.name}: call set_timesteps(num_steps) before step()")
 
     def _noise_for(
@@ -147,6 +154,13 @@ class Sampler:
         steps = self.timesteps.tolist()
         shown = steps if len(steps) <= 6 else steps[:3] + ["..."] + steps[-2:]
         return f"{type(self).__name__}(num_steps={self.num_steps}, timesteps={shown})"
+
+
+def first_kept_step(num_steps: int, strength: float) -> int:
+    """Image-to-image: how many of the `num_steps` (noisiest) steps `strength` skips, exactly as diffusers' img2img
+    pipeline counts them (`get_timesteps`): it keeps the last int(num_steps * strength)."""
+    init_timestep = min(int(num_steps * strength), num_steps)
+    return max(num_steps - init_timestep, 0)
 
 
 def timestep_int(t: int | Tensor, num_train_timesteps: int) -> int:

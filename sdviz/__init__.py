@@ -6,6 +6,8 @@
         pipe.generate("a red circle above a blue square", seed=1)
     tr.word_map("circle")
     sdviz.hook_names(pipe, "*attn2.hook_probs")  # every hook point by name (sdviz.hooks)
+    with sdviz.edit(pipe, sdviz.editing.Reweight({"red": 2.0})):   # prompt-to-prompt edits (sdviz.editing)
+        pipe.generate("a red circle above a blue square", seed=1)
     tr = sdviz.load_trace("trace.pt")
 
 The names here are imported on first use, so that `import sdviz` stays light.
@@ -26,6 +28,7 @@ _LAZY = {
     "load_trace": ("sdviz.tracing", "load"),
     "Trace": ("sdviz.tracing", "Trace"),
     "hook_names": ("sdviz.hooks", "hook_names"),
+    "edit": ("sdviz.editing", "edit"),
 }
 
 

@@ -76,10 +76,9 @@ def test_every_layout_loads_the_same_numbers(tiny, tmp_path):
     assert detect_format(tmp_path / "own") == "sdviz"
     own = load_models(tmp_path / "own")
     assert own.config == diffusers.config
-    for models in (diffusers, load_models(root / "tiny.safetensors", TINY), load_models(root / "tiny.ckpt", TINY), own):
+    assert_close_to_reference(unet_output(diffusers), expected)
+    for models in (load_models(root / "tiny.safetensors", TINY), load_models(root / "tiny.ckpt", TINY), own):
         assert_same_tensors(models, diffusers)  # loading only moves numbers: every layout gives the same ones
-        assert_close_to_reference(unet_output(models), expected)
-    assert torch.equal(unet_output(own), unet_output(diffusers))  # identical weights, one process: identical output
 
 
 def test_meta_build_with_assigned_tensors_equals_a_plain_build(tmp_path):

@@ -5,6 +5,7 @@ Graphviz; the tests that render need its `dot` (installed by `make test`) and ar
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,14 +16,15 @@ from PIL import Image
 
 import sdviz.flowchart as fc
 from sdviz.config import SD15
-from sdviz.flowchart import cli, graph, runs
-from sdviz.flowchart.source import classes_of, model_modules
+from sdviz.flowchart import runs
+from sdviz.flowchart.repository import rows_of
+from sdviz.flowchart.source import model_modules
 from sdviz.shapes import probe
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "flowcharts"
 REGENERATE = "run `make flowcharts` (or `python -m sdviz flowchart`) and commit flowcharts/"
-needs_dot = pytest.mark.skipif(graph.dot_executable() is None, reason="Graphviz's dot is not installed")
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_committed_pictures_are_what_the_committed_dot_draws(tmp_path):
         if abs(w - fw) > 0.03 * fw + 5 or abs(h - fh) > 0.03 * fh + 5:
             problems.append(f"{path.stem}.svg: {w}x{h} pt, the .dot draws {fw}x{fh} pt")
         picture = Image.open(png).convert("L")
-        expected = (w * cli.PNG_DPI / 72, h * cli.PNG_DPI / 72)
+        expected = (w * fc.PNG_DPI / 72, h * fc.PNG_DPI / 72)
         if any(abs(a - b) > 0.01 * b + 3 for a, b in zip(picture.size, expected, strict=True)):
             problems.append(f"{path.stem}.png: {picture.size} px, its .svg says {expected}")
         small = tmp_path / f"{path.stem}.png"
@@ -98,7 +100,7 @@ def test_every_model_class_is_in_the_repository_flowchart(charts):
     """Every class defined in sdviz/models/ is a row of the overview, and is drawn on a component sheet."""
     overview = charts["flowchart-overview"].source
     sheets = "".join(charts[f"flowchart-{s}"].source for s in fc.SHEETS if s != "overview")
-    classes = [(m, c) for m in model_modules() for c in classes_of(m)]
+    classes = [(m, name) for m in model_modules() for name, kind in rows_of(m) if kind != "()"]
     assert len(classes) >= 20
     for module, cls in classes:
         assert re.search(rf'"{re.escape(module)}" \[label=<.*PORT="{cls}"', overview), f"{cls} is not on the overview"
@@ -147,7 +149,7 @@ def test_diagrams_follow_the_code(charts):
 
 def test_output_is_deterministic_and_portable(charts):
     """Same bytes from fresh runs; no memory address, absolute path or timing in the DOT text."""
-    for cached in (runs.network_run, runs.networks_recording, runs.pipeline_run, runs.pipeline_recording_all):
+    for cached in (runs.network_run, runs.pipeline_run, runs.merged):
         cached.cache_clear()
     assert fc.repository_flowchart("unet").source == charts["flowchart-unet"].source
     assert fc.architecture_diagram("txt2img").source == charts["architecture-txt2img"].source
@@ -157,7 +159,7 @@ def test_output_is_deterministic_and_portable(charts):
 
 
 def test_another_config_draws_itself(tmp_path):
-    assert cli.main(["--config", "toy", "--out", str(tmp_path), "--format", "dot"]) == 0
+    assert fc.main(["--config", "toy", "--out", str(tmp_path), "--format", "dot"]) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
     assert "flowchart-overview.dot" in written and "architecture-unet.dot" in written
     assert all(name.endswith(".dot") for name in written)
@@ -181,10 +183,10 @@ def test_the_shape_probe_reports_whole_attention_and_leaves_nothing_behind():
 
 
 def test_bad_config_and_format_are_one_line_errors(tmp_path, capsys):
-    assert cli.main(["--config", "sd99", "--out", str(tmp_path)]) == 2
+    assert fc.main(["--config", "sd99", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "sd99" in err and "sd15" in err and "toy" in err
-    assert cli.main(["--format", "dot,gif", "--out", str(tmp_path)]) == 2
+    assert fc.main(["--format", "dot,gif", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "gif" in err and "svg" in err and "png" in err
     with pytest.raises(ValueError, match="known: .*unet"):
@@ -197,7 +199,7 @@ def test_bad_config_and_format_are_one_line_errors(tmp_path, capsys):
 
 def test_missing_graphviz_still_writes_dot(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
-    assert cli.main(["--config", "toy", "--out", str(tmp_path), "--format", "dot,svg,png"]) == 1
+    assert fc.main(["--config", "toy", "--out", str(tmp_path), "--format", "dot,svg,png"]) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "install Graphviz" in err
     assert (tmp_path / "flowchart-overview.dot").is_file()

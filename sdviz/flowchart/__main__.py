@@ -1,5 +1,5 @@
 import sys
 
-from sdviz.flowchart.cli import main
+from sdviz.flowchart import main
 
 sys.exit(main(sys.argv[1:]))

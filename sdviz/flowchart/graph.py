@@ -10,7 +10,6 @@ any machine: the `.dot` files in flowcharts/ are compared with what the code dra
 from __future__ import annotations
 
 import re
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -31,21 +30,26 @@ class GraphvizMissing(RuntimeError):
 FONT, MONO = "DejaVu Sans", "DejaVu Sans Mono"
 SHAPE_COLOR = "#17365D"  # tensor shapes, in bold italics
 CALL_COLOR = "#1F618D"  # call edges
-STYLE = {  # kind: (fill, line)
-    "header": ("#FFE45C", "#9A7D0A"),  # yellow hexagon: a function or a class's method
-    "stmt": ("#FFFFFF", "#555555"),  # a statement: its code and the shapes it produced
-    "return": ("#FDEBD0", "#A04000"),  # what a function hands back
-    "cond": ("#F5B7B1", "#B03A2E"),  # red diamond: a condition
-    "guard": ("#FADBD8", "#B03A2E"),  # argument checks, summarised
-    "loop": ("#D6EAF8", "#1F618D"),  # a loop header
-    "note": ("#FFFFFF", "#AAAAAA"),  # grey text: the code's own comments
-    "module": ("#C8E6C9", "#2E7D32"),  # a big module: drawn on its own sheet, or a network in a diagram
-    "block": ("#E8F5E9", "#2E7D32"),  # a network's block (architecture diagrams)
-    "layer": ("#FFFFFF", "#2E7D32"),  # a network's layer
-    "op": ("#FFF3C4", "#9A7D0A"),  # a pipeline operation (tokenizer, guidance, sampler step)
-    "data": ("#FFFFFF", "#333333"),  # data: tensors, images, text
-    "cluster": ("#FAFAFA", "#B0B0B0"),
+STYLE = {  # kind of node: fill, line, and in the legend: a sample, what it means
+    "header": ("#FFE45C", "#9A7D0A", "Class.method(args)", "a function: file, objects, calls"),  # yellow hexagon
+    "stmt": ("#FFFFFF", "#555555", "x = f(x)  (B, C) → (B, 2C)", "a statement and the shapes it produced"),
+    "return": ("#FDEBD0", "#A04000", "return x", "what it returns"),
+    "cond": ("#F5B7B1", "#B03A2E", "if …", "a condition: how often each branch ran"),  # red diamond
+    "guard": ("#FADBD8", "#B03A2E", "2 argument checks", "checks that raise on bad input"),
+    "loop": ("#D6EAF8", "#1F618D", "for … ×4", "a loop, iterations per call (dashed: next one)"),
+    "module": ("#C8E6C9", "#2E7D32", "Module.forward", "drawn as one box (on the sheet named)"),
+    "call": ("#FFFFFF", CALL_COLOR, "──▶", "a call"),
+    "block": ("#E8F5E9", "#2E7D32", "", "a network's block (architecture diagrams)"),
+    "layer": ("#FFFFFF", "#2E7D32", "", "a network's layer"),
+    "op": ("#FFF3C4", "#9A7D0A", "", "a pipeline's operation: tokenizer, guidance, sampler step"),
+    "data": ("#FFFFFF", "#333333", "", "data: tensors, images, text"),
+    "cluster": ("#FAFAFA", "#B0B0B0", "", "a function's box"),
 }
+
+
+def styled(kind: str, **attrs) -> dict:
+    """Graphviz attributes in the colours of a kind of node: styled("cond", shape="diamond")."""
+    return dict(fillcolor=STYLE[kind][0], color=STYLE[kind][1], **attrs)
 
 
 def esc(text: str) -> str:
@@ -120,30 +124,21 @@ class Chart(graphviz.Digraph):
 
     def write(self, directory: str | Path, formats=("dot", "svg", "png"), dpi: int = 110) -> list[Path]:
         """Write `<directory>/<name>.<format>` for each format; returns the paths. DOT needs no Graphviz."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        written = []
-        for fmt in formats:
-            path = directory / f"{self.name}.{fmt}"
-            if fmt == "dot":
-                path.write_text(self.source, encoding="utf-8")
-            else:
-                path.write_bytes(self.picture(fmt, dpi=dpi if fmt == "png" else None))
-            written.append(path)
-        return written
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        paths = [Path(directory) / f"{self.name}.{fmt}" for fmt in formats]
+        for path, fmt in zip(paths, formats, strict=True):
+            data = self.source.encode("utf-8") if fmt == "dot" else self.picture(fmt, dpi if fmt == "png" else None)
+            path.write_bytes(data)
+        return paths
 
 
-def chart(name: str, fontsize: int = 10, **graph_attrs) -> Chart:
+def chart(name: str, **graph_attrs) -> Chart:
     """A new chart in the house style: top to bottom, title at the top left, Graphviz's `newrank` (so that
     `rank=same` works across clusters) and `compound` (edges may end at a cluster's border)."""
     graph = dict(rankdir="TB", newrank="true", compound="true", fontname=FONT, labelloc="t", labeljust="l", pad="0.3")
     return Chart(
         name,
         graph_attr=graph | graph_attrs,
-        node_attr=dict(fontname=FONT, fontsize=str(fontsize), shape="box", style="filled", margin="0.08,0.04"),
+        node_attr=dict(fontname=FONT, fontsize="10", shape="box", style="filled", margin="0.08,0.04"),
         edge_attr=dict(fontname=FONT, fontsize="9", arrowsize="0.6", color="#555555", fontcolor=SHAPE_COLOR),
     )
-
-
-def dot_executable() -> str | None:
-    return shutil.which("dot")

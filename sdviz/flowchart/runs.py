@@ -14,8 +14,9 @@ Runs are cached per configuration, since several charts share them.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from types import FrameType
 
 import torch
@@ -46,52 +47,35 @@ def single_thread():
         torch.set_num_threads(n)
 
 
-@lru_cache(maxsize=1)
+@cache
 def function_index() -> FunctionIndex:
     return FunctionIndex([*model_modules(), *sampler_modules(), "sdviz.pipeline", "sdviz.tokenizer"])
 
 
-@lru_cache(maxsize=16)
+@cache
 def network_run(name: str, part: str) -> tuple[Recording, Probe]:
     """One pass through a network on the meta device ("text-encoder", "vae-encoder", "vae-decoder", "unet"): the
     line tracer's recording and the shape probe's notes."""
     if part not in NETWORK_PARTS:
         raise ValueError(f"unknown network part {part!r}; known: {', '.join(NETWORK_PARTS)}")
-    cfg = get_config(name)
-    b, size, lat, length = BATCH, cfg.image_size, cfg.latent_size, cfg.clip.max_length
-    meta = torch.device("meta")
-    if part == "text-encoder":
-        net, method, args = cfg.clip, "forward", (torch.zeros(b, length, dtype=torch.long, device=meta),)
-        what = f"ids (B, {length})"
-    elif part == "vae-encoder":
-        net, method, args = cfg.vae, "encode", (torch.empty(b, cfg.vae.in_channels, size, size, device=meta),)
-        what = f"a {size}x{size} image"
-    elif part == "vae-decoder":
-        net, method, args = cfg.vae, "decode", (torch.empty(b, cfg.vae.latent_channels, lat, lat, device=meta),)
-        what = f"{lat}x{lat} latents"
-    else:
-        x = torch.empty(b, cfg.unet.in_channels, lat, lat, device=meta)
-        t = torch.zeros(b, dtype=torch.long, device=meta)
-        net, method, args = cfg.unet, "forward", (x, t, torch.empty(b, length, cfg.unet.context_dim, device=meta))
-        what = f"{lat}x{lat} latents, t, context"
+    cfg, b = get_config(name), BATCH
+    size, lat, length = cfg.image_size, cfg.latent_size, cfg.clip.max_length
+    empty = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device="meta")  # noqa: E731
+    x, t = empty(b, cfg.unet.in_channels, lat, lat), empty(b, dtype=torch.long)
+    context = empty(b, length, cfg.unet.context_dim)
+    net, method, args, what = {
+        "text-encoder": (cfg.clip, "forward", [empty(b, length, dtype=torch.long)], f"ids (B, {length})"),
+        "vae-encoder": (cfg.vae, "encode", [empty(b, cfg.vae.in_channels, size, size)], f"a {size}x{size} image"),
+        "vae-decoder": (cfg.vae, "decode", [empty(b, cfg.vae.latent_channels, lat, lat)], f"{lat}x{lat} latents"),
+        "unet": (cfg.unet, "forward", [x, t, context], f"{lat}x{lat} latents, t, context"),
+    }[part]
     rec = Recording(f"one pass, {what}, {cfg.name} configuration, meta device", BATCH)
-    models = lambda fn: fn.module.startswith("sdviz.models.") and fn.name != "__init__"  # noqa: E731
+    tracer = LineTracer(function_index(), rec, expand=lambda fn: fn.module.startswith("sdviz.models."))
     with single_thread():
-        p = probe(net, *args, method=method, within=LineTracer(function_index(), rec, expand=models))
-    return rec, p
+        return rec, probe(net, *args, method=method, within=tracer)
 
 
-@lru_cache(maxsize=4)
-def networks_recording(name: str) -> Recording:
-    """The four network passes merged: how the shared building blocks (ResNet block, attention, ...) are used."""
-    rec = Recording("", BATCH)
-    for part in NETWORK_PARTS:
-        rec.merge(network_run(name, part)[0], same_objects=False)
-    rec.description = f"one pass through each network (text encoder, VAE encoder, VAE decoder, UNet), {name}, meta"
-    return rec
-
-
-@lru_cache(maxsize=4)
+@cache
 def sampler_recording(name: str) -> Recording:
     """Every sampler driven through a whole text-to-image loop (and one image-to-image start), on the CPU."""
     from sdviz.samplers import SAMPLERS, get_sampler
@@ -99,10 +83,10 @@ def sampler_recording(name: str) -> Recording:
     cfg = get_config(name)
     shape = (BATCH, cfg.unet.in_channels, cfg.latent_size, cfg.latent_size)
     rec = Recording(f"{STEPS} steps of each sampler on zero latents {shape}, CPU", BATCH)
-    samplers = {n: get_sampler(n, cfg.schedule) for n in SAMPLERS}  # built outside the trace: __init__ is not drawn
+    samplers = [get_sampler(n, cfg.schedule) for n in SAMPLERS]  # built outside the trace: __init__ is not drawn
     expand = lambda fn: fn.module.startswith("sdviz.samplers.") and fn.name != "__init__"  # noqa: E731
-    with single_thread(), torch.no_grad(), LineTracer(function_index(), rec, expand=expand):
-        for sampler in samplers.values():
+    with single_thread(), torch.no_grad(), LineTracer(function_index(), rec, expand):
+        for sampler in samplers:
             g = [torch.Generator().manual_seed(i) for i in range(BATCH)]
             sampler.set_timesteps(STEPS)
             x = torch.zeros(shape)
@@ -118,11 +102,10 @@ def sampler_recording(name: str) -> Recording:
 # -- the pipeline, with stand-in networks ---------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=64)
-def _meta_output(cfg, method: str, inputs: tuple) -> object:
+@cache
+def _output_shape(cfg, method: str, inputs: tuple) -> object:
     """The output shape(s) of a network's method for inputs given as (shape, dtype) pairs, from the probe."""
-    args = [torch.empty(shape, dtype=dtype, device="meta") for shape, dtype in inputs]
-    return shape_of(probe(cfg, *args, method=method).output)
+    return shape_of(probe(cfg, *[torch.zeros(s, dtype=d, device="meta") for s, d in inputs], method=method).output)
 
 
 class StandIn(torch.nn.Module):
@@ -131,8 +114,7 @@ class StandIn(torch.nn.Module):
 
     def __init__(self, cfg, log: dict[str, list[Call]]):
         super().__init__()
-        self.config, self.log = cfg, log
-        self.network_class = type(meta_network(cfg))
+        self.config, self.log, self.network_class = cfg, log, type(meta_network(cfg))
 
     def forward(self, *args):
         return self.run("forward", args)
@@ -144,11 +126,9 @@ class StandIn(torch.nn.Module):
         return self.run("decode", (z,))
 
     def run(self, method: str, args: tuple):
-        out = _meta_output(self.config, method, tuple((tuple(a.shape), a.dtype) for a in args))
+        out = _output_shape(self.config, method, tuple((tuple(a.shape), a.dtype) for a in args))
         self.log.setdefault(f"{self.network_class.__name__}.{method}", []).append(Call(shape_of(args), out))
-        if isinstance(out[0], tuple):  # several tensors: the VAE encoder's mean and log-variance
-            return tuple(torch.zeros(o) for o in out)
-        return torch.zeros(out)
+        return tuple(map(torch.zeros, out)) if isinstance(out[0], tuple) else torch.zeros(out)  # (mean, logvar)
 
 
 _STAND_IN = {StandIn.forward.__code__: "forward", StandIn.encode.__code__: "encode", StandIn.decode.__code__: "decode"}
@@ -156,14 +136,13 @@ _STAND_IN = {StandIn.forward.__code__: "forward", StandIn.encode.__code__: "enco
 
 def _stand_in_proxy(frame: FrameType) -> Function | None:
     """The network function a stand-in's method stands for (so that the call is drawn to the real one)."""
-    method = _STAND_IN.get(frame.f_code)
-    if method is None:
+    if frame.f_code not in _STAND_IN:
         return None
     cls = frame.f_locals["self"].network_class
-    return function_index().by_key.get(f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}.{method}")
+    return function_index().by_key.get(f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}.{_STAND_IN[frame.f_code]}")
 
 
-@lru_cache(maxsize=8)
+@cache
 def pipeline_run(name: str, mode: str) -> tuple[Recording, dict[str, list[Call]]]:
     """`StableDiffusion.generate` run for real on the CPU, with stand-in networks ("txt2img", "img2img",
     "inpaint"): the line tracer's recording and the networks' calls by "Class.method"."""
@@ -172,9 +151,8 @@ def pipeline_run(name: str, mode: str) -> tuple[Recording, dict[str, list[Call]]
 
     if mode not in PIPELINE_MODES:
         raise ValueError(f"unknown pipeline mode {mode!r}; known: {', '.join(PIPELINE_MODES)}")
-    cfg = get_config(name)
+    cfg, log = get_config(name), {}
     size = cfg.image_size
-    log: dict[str, list[Call]] = {}
     pipe = StableDiffusion(Models(cfg, StandIn(cfg.clip, log), StandIn(cfg.vae, log), StandIn(cfg.unet, log)))
     pipe.batch_invariant = False  # one network call for the whole batch, as on a GPU: the shapes of the paper
     kwargs = dict(steps=STEPS, seed=0, progress=False, sampler="ddpm")
@@ -185,23 +163,28 @@ def pipeline_run(name: str, mode: str) -> tuple[Recording, dict[str, list[Call]]
         kwargs["mask"].paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
     what = {"txt2img": "text-to-image", "img2img": f"image-to-image (strength {STRENGTH})", "inpaint": "inpainting"}
     rec = Recording(f"{what[mode]}, {BATCH} prompts, DDPM, {STEPS} steps, {cfg.name} at {size}x{size}", BATCH)
-    expand = lambda fn: fn.module == "sdviz.pipeline"  # noqa: E731
-    collapsed = lambda fn: fn.module != "sdviz.pipeline" and fn.name != "__init__" and not fn.name.startswith("_")  # noqa: E731
-    tracer = LineTracer(function_index(), rec, expand, collapsed, proxy=_stand_in_proxy)
-    with single_thread(), tracer:
+    ours = lambda fn: fn.module == "sdviz.pipeline"  # noqa: E731
+    called = lambda fn: not ours(fn) and fn.name != "__init__" and not fn.name.startswith("_")  # noqa: E731
+    with single_thread(), warnings.catch_warnings(), LineTracer(function_index(), rec, ours, called, _stand_in_proxy):
+        warnings.simplefilter("ignore")  # e.g. the embedded model's: "no word it was trained on"
         pipe.generate([f"prompt {i}" for i in range(BATCH)], **kwargs)
     return rec, log
 
 
-@lru_cache(maxsize=4)
-def pipeline_recording_all(name: str) -> Recording:
-    """The three pipeline modes merged: every branch of `generate` that a user can reach with these inputs."""
-    rec = Recording("", BATCH)
-    for mode in PIPELINE_MODES:
-        rec.merge(pipeline_run(name, mode)[0], same_objects=True)
+@cache
+def merged(name: str, runs: str) -> Recording:
+    """The three pipeline modes (runs="pipeline": every branch of `generate` a user can reach with these inputs), or
+    the four network passes (runs="networks": how the shared building blocks are used), as one recording."""
     cfg = get_config(name)
-    rec.description = (
-        f"text-to-image, image-to-image and inpainting (strength {STRENGTH}); {BATCH} prompts, DDPM, {STEPS} steps; "
-        f"{cfg.name} at {cfg.image_size}x{cfg.image_size}; networks on the meta device"
-    )
+    if runs == "pipeline":
+        what = (
+            f"text-to-image, image-to-image and inpainting (strength {STRENGTH}); {BATCH} prompts, DDPM, {STEPS} steps"
+        )
+        recordings = [pipeline_run(name, mode)[0] for mode in PIPELINE_MODES]
+    else:
+        what = "one pass through each network (text encoder, VAE encoder, VAE decoder, UNet)"
+        recordings = [network_run(name, part)[0] for part in NETWORK_PARTS]
+    rec = Recording(f"{what}; {cfg.name} at {cfg.image_size}x{cfg.image_size}; networks on the meta device", BATCH)
+    for r in recordings:  # the pipeline's runs use the same objects: their instance counts do not add up
+        rec.merge(r, same_objects=runs == "pipeline")
     return rec

@@ -247,12 +247,6 @@ def functions_of(module_name: str) -> tuple[Function, ...]:
     return tuple(out)
 
 
-def classes_of(module_name: str) -> list[str]:
-    """The classes a module defines, in source order."""
-    tree = ast.parse(Path(importlib.import_module(module_name).__file__).read_text(encoding="utf-8"))
-    return [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
-
-
 def model_modules() -> list[str]:
     """The modules of `sdviz/models/`, found on disk (a new file joins the flowchart without being listed here)."""
     return sorted(f"sdviz.models.{p.stem}" for p in (PACKAGE_ROOT / "models").glob("*.py") if p.stem != "__init__")

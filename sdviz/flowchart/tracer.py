@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import ast
 import sys
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from types import CodeType, FrameType
 
 import torch
@@ -63,7 +62,7 @@ class ShapeFormat:
 class StmtRecord:
     count: int = 0  # times it ran, over the whole recording
     max_per_call: int = 0  # most times it ran within one call of its function (a loop's iteration count)
-    variants: dict[str, int] = field(default_factory=dict)  # "in -> out" -> times seen, in order of first sight
+    variants: Counter = field(default_factory=Counter)  # "in -> out" -> times seen, in order of first sight
     yes: int = 0  # for an `if`: times its body ran, and times it did not
     no: int = 0
 
@@ -82,7 +81,7 @@ class Recording:
     description: str
     batch: int
     functions: dict[str, FunctionRecord] = field(default_factory=dict)
-    edges: dict[tuple[str, int, str], int] = field(default_factory=dict)  # (caller, stmt index, callee) -> calls
+    edges: Counter = field(default_factory=Counter)  # (caller, statement index, callee) -> calls
     roots: list[str] = field(default_factory=list)  # functions called from outside the traced code
     expanded: list[str] = field(default_factory=list)  # functions whose lines were recorded (the others: calls only)
 
@@ -97,38 +96,22 @@ class Recording:
                 m = mine.stmts.setdefault(i, StmtRecord())
                 m.count, m.yes, m.no = m.count + s.count, m.yes + s.yes, m.no + s.no
                 m.max_per_call = max(m.max_per_call, s.max_per_call)
-                for v, n in s.variants.items():
-                    m.variants[v] = m.variants.get(v, 0) + n
-        for e, n in other.edges.items():
-            self.edges[e] = self.edges.get(e, 0) + n
+                m.variants.update(s.variants)
+        self.edges.update(other.edges)
         self.roots += [r for r in other.roots if r not in self.roots]
         self.expanded += [r for r in other.expanded if r not in self.expanded]
-
-
-@cache
-def _resolved(filename: str) -> str:
-    try:
-        return str(Path(filename).resolve())
-    except (OSError, ValueError):
-        return filename
 
 
 class FunctionIndex:
     """Finds the `Function` (source, statements) of a running code object, by file, first line and name."""
 
     def __init__(self, modules: Iterable[str]):
-        self.by_key: dict[str, Function] = {}
-        self._where: dict[tuple[str, int, str], Function] = {}
-        for m in modules:
-            for fn in functions_of(m):
-                self._where[(_resolved(sys.modules[m].__file__), fn.firstlineno, fn.name)] = fn
-                self.by_key[fn.key] = fn
-        self._cache: dict[CodeType, Function | None] = {}
+        functions = [(sys.modules[m].__file__, fn) for m in modules for fn in functions_of(m)]
+        self.by_key = {fn.key: fn for _, fn in functions}
+        self._where = {(path, fn.firstlineno, fn.name): fn for path, fn in functions}
 
     def lookup(self, code: CodeType) -> Function | None:
-        if code not in self._cache:
-            self._cache[code] = self._where.get((_resolved(code.co_filename), code.co_firstlineno, code.co_name))
-        return self._cache[code]
+        return self._where.get((code.co_filename, code.co_firstlineno, code.co_name))
 
 
 @dataclass
@@ -137,10 +120,12 @@ class _Frame:
     record: FunctionRecord
     current: Stmt | None = None
     inputs: str = ""
-    counts: dict[int, int] = field(default_factory=dict)
+    counts: Counter = field(default_factory=Counter)  # statement index -> times it ran in this call
 
 
 _MISSING = object()
+Selector = Callable[[Function], bool] | None  # which functions to record
+Proxy = Callable[[FrameType], Function | None] | None  # the function a stand-in's frame stands for
 
 
 class LineTracer:
@@ -151,20 +136,13 @@ class LineTracer:
     stands for.
     """
 
-    def __init__(
-        self,
-        index: FunctionIndex,
-        recording: Recording,
-        expand: Callable[[Function], bool],
-        collapsed: Callable[[Function], bool] = lambda fn: False,
-        proxy: Callable[[FrameType], Function | None] | None = None,
-    ):
+    def __init__(self, index, recording: Recording, expand: Selector, collapsed: Selector = None, proxy: Proxy = None):
         self.index, self.recording, self.fmt = index, recording, ShapeFormat(recording.batch)
-        self.expand, self.collapsed, self.proxy = expand, collapsed, proxy
+        self.expand, self.collapsed, self.proxy = expand, collapsed or (lambda fn: False), proxy
         self._active: dict[FrameType, _Frame] = {}
         self._roles: dict[CodeType, tuple[str, Function | None]] = {}
         self._lines: dict[str, dict[int, Stmt]] = {}  # function key -> line -> the statement it belongs to
-        self._instances: dict[str, set[int]] = {}
+        self._instances: defaultdict[str, set[int]] = defaultdict(set)
         self._previous = None
 
     def __enter__(self) -> LineTracer:
@@ -209,12 +187,11 @@ class LineTracer:
         frec = rec.functions.setdefault(fn.key, FunctionRecord())
         frec.calls += 1
         if fn.class_name and frame.f_locals.get("self") is not None:
-            self._instances.setdefault(fn.key, set()).add(id(frame.f_locals["self"]))
+            self._instances[fn.key].add(id(frame.f_locals["self"]))
         if caller is None and fn.key not in rec.roots:
             rec.roots.append(fn.key)
         elif caller is not None and caller.current is not None:
-            edge = (caller.fn.key, caller.current.index, fn.key)
-            rec.edges[edge] = rec.edges.get(edge, 0) + 1
+            rec.edges[(caller.fn.key, caller.current.index, fn.key)] += 1
         if role != "expand":
             return None
         if fn.key not in rec.expanded:
@@ -240,7 +217,7 @@ class LineTracer:
 
     def _begin(self, st: _Frame, s: Stmt, local: dict) -> None:
         st.current = s
-        st.counts[s.index] = st.counts.get(s.index, 0) + 1
+        st.counts[s.index] += 1
         st.record.stmts.setdefault(s.index, StmtRecord()).count += 1
         targets = {n.id for t in _targets_of(s.node) for n in ast.walk(t) if isinstance(n, ast.Name)}
         ins: list[str] = []
@@ -270,8 +247,7 @@ class LineTracer:
         if out and st.inputs and not any(c in out for c in "([") and "scalar" not in out:
             out = None  # `b, c, h, w = x.shape`: the input's shape already says it
         text = " -> ".join(x for x in (st.inputs, out) if x)
-        if text:
-            r.variants[text] = r.variants.get(text, 0) + 1
+        r.variants.update([text] if text else [])
 
     def _describe(self, target: ast.expr, local: dict, tensors_only: bool = False) -> str | None:
         """What an assignment target holds now: `x`, `self.timesteps`, or a tuple of those."""

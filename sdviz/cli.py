@@ -27,7 +27,7 @@ DELEGATED = {
     "figures": ("sdviz.viz.figures", "draw the README figures with sdviz's own code"),
     "train": ("sdviz.toy.train", "train the embedded model on the captioned-shapes world"),
     "evaluate": ("sdviz.toy.evaluate", "measure how well the embedded model follows its prompts"),
-    "validate-attention": ("sdviz.tracing.validate", "compare attention maps with ground-truth object masks"),
+    "validate-attention": ("sdviz.toy.validate_attention", "compare attention maps with ground-truth object masks"),
 }
 
 

@@ -453,8 +453,8 @@ def test_a_trace_before_its_generation_says_so(pipe):
 
 
 def test_the_attention_validation_runs_and_counts_every_object(pipe):
+    from sdviz.toy import validate_attention as validate
     from sdviz.toy import world
-    from sdviz.tracing import validate
 
     assert validate.iou(np.eye(4, dtype=bool), np.eye(4, dtype=bool)) == 1.0
     assert validate.iou(np.eye(4, dtype=bool), ~np.eye(4, dtype=bool)) == 0.0

@@ -1,0 +1,12 @@
+"""The embedded model's world, training and evaluation, in reading order:
+
+    world.py               the captioned-shapes world: captions, held-out combinations, scenes with exact masks
+    judge.py               reads a generated picture back: objects by colour, their count, shape and position
+    losses.py              what training minimises: the VAE loss, the diffusion loss (DDPM eq. 4, 14, Min-SNR),
+                           caption dropout
+    train.py               the two training stages and `train()`; loop.py holds its machinery (checkpoints,
+                           logs, Ctrl-C, learning-rate schedule, EMA)
+    evaluate.py            the held-out generation loop, the judge's rates, the model card
+    validate_attention.py  cross-attention word maps against the objects' true pixels (mIoU)
+    model/                 the shipped weights, their card and training logs
+"""

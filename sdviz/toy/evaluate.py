@@ -3,11 +3,16 @@
 The held-out prompts (`world.held_out_prompts`) name combinations that training never showed (a purple triangle
 alone, a red object next to a blue one, ...). Each prompt comes with its own seed, so the evaluation is the same
 100 pictures on every run. The judge (`judge.py`) checks, per object named in the prompt, its colour, shape and
-position; `evaluate` returns the rates, and the VAE's reconstruction PSNR on held-out scenes.
+position, and per picture that it holds exactly the named objects; `evaluate` returns the rates, and the VAE's
+reconstruction PSNR on held-out scenes.
+
+`pictures` is the generation loop itself, shared with the attention check (`validate_attention.py`): it yields
+each picture with its prompt, seed, optional trace and the ground truth the world gives (per named object, the
+pixels of its colour); `held_out_pictures` runs it over the held-out pairs.
 
     from sdviz.toy.evaluate import evaluate
     report = evaluate()            # the shipped model; or evaluate("runs/toy/model")
-    report["rates"]                # {"colour": 0.97, "shape": 0.85, "position": 0.93, ...}
+    report["rates"]                # {"colour": 0.97, "shape": 0.85, "position": 0.93, "count": 0.8, ...}
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +34,98 @@ from sdviz.toy import judge, world
 
 TARGETS = {"colour": 0.90, "position": 0.85, "shape": 0.75, "vae_psnr": 28.0}
 
+# What each metric counts (the judge's rules are in judge.py's docstring), in the order the model card lists them.
+METRICS = {
+    "colour": "fraction of named objects of which an object of their colour is drawn",
+    "shape": "fraction of named objects whose (largest) blob of their colour has their shape",
+    "position": "fraction of named objects at their position or in their relation, where the prompt says one",
+    "size": "fraction of named objects of their size, where the prompt says one",
+    "count": "fraction of pictures holding exactly the named objects: one of each named colour, no other colour",
+    "correct": "fraction of pictures right in colour, shape, position and count for every named object",
+    "vae_psnr": "PSNR (dB) of the VAE's reconstructions of 256 held-out scenes, through the mean latent",
+}
 
-def _pipeline(model: Any):
+
+def load_model(model: Any):
+    """A `StableDiffusion` pipeline from a pipeline (returned as is), a weights path, or None (the shipped model)."""
     from sdviz.pipeline import StableDiffusion, load_pipeline
 
     if isinstance(model, StableDiffusion):
         return model
     return load_pipeline(model)
+
+
+@dataclass
+class HeldOutPicture:
+    """One generated picture of a toy-world prompt (held out, or not), with what the world knows about it."""
+
+    prompt: str
+    seed: int
+    image: Image.Image
+    seconds: float  # generation time
+    trace: Any = None  # the `sdviz.trace` of the generation, when `trace_with` asked for one
+
+    @cached_property
+    def spec(self) -> world.SceneSpec:
+        """What the prompt names: its objects, and their position or relation."""
+        return world.parse_caption(self.prompt)
+
+    @cached_property
+    def masks(self) -> list[np.ndarray]:
+        """The ground truth per named object, in the prompt's order: the pixels of its colour in the picture,
+        (H, W) bool, specks removed (`judge.segment`). The two objects of a prompt always differ in colour."""
+        return [judge.segment(self.image, o.colour) for o in self.spec.objects]
+
+
+def pictures(
+    pipe: Any,
+    pairs: Sequence[tuple[str, int]],
+    steps: int = 50,
+    cfg_scale: float = 5.0,
+    sampler: str = "ddim",
+    trace_with: dict[str, Any] | None = None,
+    progress: bool = True,
+    desc: str = "pictures",
+) -> Iterator[HeldOutPicture]:
+    """Generate each (prompt, seed) of `pairs` with the pipeline `pipe`, one at a time.
+
+    With `trace_with` (the arguments of `sdviz.trace`, e.g. {"record": ["cross_attention"]}), each generation runs
+    inside `sdviz.trace(pipe, **trace_with)` and the picture carries its trace.
+    """
+    from sdviz.tracing import trace
+
+    if progress:
+        from tqdm.auto import tqdm
+
+        pairs = tqdm(pairs, desc=desc)
+    settings = {"steps": steps, "cfg_scale": cfg_scale, "sampler": sampler, "progress": False}
+    for prompt, s in pairs:
+        t0 = time.perf_counter()
+        if trace_with is not None:
+            with trace(pipe, **trace_with) as tr:
+                image = pipe.generate(prompt, seed=s, **settings).image
+        else:
+            tr, image = None, pipe.generate(prompt, seed=s, **settings).image
+        yield HeldOutPicture(prompt, s, image, time.perf_counter() - t0, tr)
+
+
+def held_out_pictures(
+    model: Any = None,
+    n: int = 100,
+    seed: int = 0,
+    steps: int = 50,
+    cfg_scale: float = 5.0,
+    sampler: str = "ddim",
+    trace_with: dict[str, Any] | None = None,
+    progress: bool = True,
+    desc: str = "held-out prompts",
+) -> Iterator[HeldOutPicture]:
+    """The `n` held-out (prompt, seed) pairs of `world.held_out_prompts(n, seed)`, generated by `pictures`.
+
+    `model`: as `load_model`.
+    """
+    pairs = world.held_out_prompts(n, seed)
+    return pictures(load_model(model), pairs, steps, cfg_scale, sampler, trace_with, progress, desc)
 
 
 @torch.no_grad()
@@ -74,44 +166,39 @@ def evaluate(
     `model`: a `StableDiffusion` pipeline, a weights path, or None for the shipped model. With `out_dir`, the
     pictures (`held_out_grid.png`) and the report (`evaluation.json`) are written there.
     """
-    pipe = _pipeline(model)
-    pairs = world.held_out_prompts(n, seed)
-    images: list[Image.Image] = []
-    verdicts: list[judge.Verdict] = []
-    seconds = []
-    iterator = pairs
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(pairs, desc="evaluate")
-    for prompt, s in iterator:
-        t0 = time.perf_counter()
-        image = pipe.generate(prompt, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=s, progress=False).image
-        seconds.append(time.perf_counter() - t0)
-        images.append(image)
-        verdicts.append(judge.judge(image, prompt))
+    pipe = load_model(model)
+    pictures = list(held_out_pictures(pipe, n, seed, steps, cfg_scale, sampler, progress=progress, desc="evaluate"))
+    verdicts = [judge.judge(p.image, p.prompt) for p in pictures]
     rates = judge.summarise(verdicts)
     rates["vae_psnr"] = vae_psnr(pipe)
     report = {
         "rates": rates,
         "targets": TARGETS,
         "passed": {k: rates[k] >= v for k, v in TARGETS.items()},
-        "seconds_per_image": float(np.median(seconds)),
+        "seconds_per_image": float(np.median([p.seconds for p in pictures])),
         "settings": {"n": n, "seed": seed, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler},
         "torch_threads": torch.get_num_threads(),
         "prompts": [
             {
-                "prompt": p,
-                "seed": s,
+                "prompt": p.prompt,
+                "seed": p.seed,
                 "correct": v.correct,
+                "drawn": v.counts,  # colour -> objects of that colour in the picture
                 "objects": [
-                    {"colour": o.colour_ok, "shape": o.shape_ok, "position": o.position_ok, "saw": o.found_shape}
+                    {
+                        "colour": o.colour_ok,
+                        "shape": o.shape_ok,
+                        "position": o.position_ok,
+                        "count": o.count,
+                        "saw": o.found_shape,
+                    }
                     for o in v.objects
                 ],
             }
-            for (p, s), v in zip(pairs, verdicts, strict=True)
+            for p, v in zip(pictures, verdicts, strict=True)
         ],
     }
+    images = [p.image for p in pictures]
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -122,8 +209,8 @@ def evaluate(
     return report
 
 
-# The precision at which the model card states each metric (and at which tests/test_embedded_model.py checks it).
-CARD_DIGITS = {"colour": 2, "shape": 2, "position": 2, "size": 2, "correct": 2, "vae_psnr": 1}
+# The precision at which the model card states each metric.
+CARD_DIGITS = {"colour": 2, "shape": 2, "position": 2, "size": 2, "count": 2, "correct": 2, "vae_psnr": 1}
 
 
 def card_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -139,6 +226,7 @@ def write_card(model_dir: str | Path, report: dict[str, Any], training: dict[str
     card = meta.setdefault("card", {})
     if training is not None:
         card["training"] = training
+    training = card.get("training")
     card["evaluation"] = {"metrics": card_metrics(report), "targets": TARGETS, "settings": report["settings"]}
     (model_dir / "sdviz.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -177,12 +265,12 @@ def write_card(model_dir: str | Path, report: dict[str, Any], training: dict[str
         f"## Evaluation ({settings['n']} held-out prompt/seed pairs, {settings['steps']} {settings['sampler']} "
         f"steps, cfg {settings['cfg_scale']})",
         "",
-        "| metric | value | goal |",
-        "|---|---|---|",
+        "| metric | value | goal | what it measures |",
+        "|---|---|---|---|",
     ]
     for k, v in m.items():
         goal = TARGETS.get(k)
-        lines.append(f"| {k} | {v} | {'>= ' + str(goal) if goal is not None else ''} |")
+        lines.append(f"| {k} | {v} | {'>= ' + str(goal) if goal is not None else ''} | {METRICS.get(k, '')} |")
     (model_dir / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
 
 

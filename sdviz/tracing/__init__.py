@@ -12,7 +12,6 @@
     records.py   the records (attention, group norm, time embedding, latents) and their query methods
     tracing.py   the Trace context manager (a pipeline observer) and saving/loading
     preview.py   the fitted latent -> RGB map, time embeddings for any t
-    validate.py  attention maps against the toy world's ground-truth masks (mIoU)
 """
 
 from sdviz.hooks import HookNameError, hook_names, hook_points, hooks, select

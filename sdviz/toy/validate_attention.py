@@ -6,7 +6,8 @@ a plain background, so the pixels of "the red circle" in a *generated* picture c
 red ones (`sdviz.toy.judge.segment`). The check:
 
 1. Generate each of the 100 held-out (prompt, seed) pairs of the toy world inside a trace that records
-   cross-attention with the default reduction (sum over heads, layers and steps, as DAAM).
+   cross-attention with the default reduction (sum over heads, layers and steps, as DAAM). The generation loop is
+   the evaluation's (`evaluate.held_out_pictures`), which also gives each picture's ground truth.
 2. For every object the prompt names, take the map of its noun (the shape word, e.g. "circle"; the right occurrence
    when a prompt names two circles), upsampled to 64x64, normalise it to [0, 1] and threshold it at tau = 0.4
    (DAAM's choice, fixed in advance).
@@ -25,13 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from sdviz.toy import judge, world
+from sdviz.toy.evaluate import held_out_pictures
 
 THRESHOLD = 0.4  # DAAM's tau for binarising a normalised map
 GOAL = 0.50
@@ -50,18 +53,11 @@ def normalise(m: torch.Tensor) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def object_words(words: list[str], spec: Any) -> list[tuple[str, int, int]]:
-    """For each object of a scene spec: (colour, index of its colour word, index of its shape word) in `words`.
-
-    The world's captions say "[size] colour shape"; the two objects of a scene always differ in colour, so the
-    colour word finds the object and the shape word is the first occurrence of the shape after it.
-    """
-    out = []
-    for o in spec.objects:
-        ci = words.index(o.colour)
-        si = next(i for i in range(ci + 1, len(words)) if words[i] == o.shape)
-        out.append((o.colour, ci, si))
-    return out
+def object_words(words: list[str], spec: world.SceneSpec) -> list[tuple[str, int, int]]:
+    """For each object of a scene spec: (colour, index of its colour word, index of its shape word) in `words`
+    (`world.word_indices`: the colour word finds the object, its shape word is the first one after it)."""
+    indices = world.word_indices(spec, words)
+    return [(o.colour, w["colour"], w["shape"]) for o, w in zip(spec.objects, indices, strict=True)]
 
 
 def _word_map(maps: torch.Tensor, word_index: np.ndarray, i: int) -> torch.Tensor:
@@ -89,33 +85,16 @@ def validate(
 ) -> dict[str, Any]:
     """Run the check (see the module docstring) and return the report: mIoU for noun, colour and phrase maps, the
     threshold sweep, the baselines, and per-prompt details."""
-    from sdviz.pipeline import StableDiffusion, load_pipeline
-    from sdviz.toy import judge, world
-    from sdviz.tracing import trace
-
-    pipe = model if isinstance(model, StableDiffusion) else load_pipeline(model)
-    pairs = world.held_out_prompts(n, seed)
     rows, skipped, seconds = [], 0, []
-    iterator = pairs
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(pairs, desc="validate-attention")
-    for prompt, s in iterator:
-        t0 = time.perf_counter()
-        with trace(pipe, record=["cross_attention"]) as tr:
-            image = pipe.generate(
-                prompt, steps=steps, cfg_scale=cfg_scale, sampler=sampler, seed=s, progress=False
-            ).image
-        seconds.append(time.perf_counter() - t0)
-        spec = world.parse_caption(prompt)
-        size = image.size[1], image.size[0]
-        maps = tr.token_maps(0, size)  # (77, H, W)
-        e = tr.encodings[0]
+    record = {"record": ["cross_attention"]}
+    for pic in held_out_pictures(model, n, seed, steps, cfg_scale, sampler, record, progress, desc="validate"):
+        seconds.append(pic.seconds)
+        size = pic.image.size[1], pic.image.size[0]
+        maps = pic.trace.token_maps(0, size)  # (77, H, W)
+        e = pic.trace.encodings[0]
         word_index = np.array(e["word_index"])
         min_area = judge.MIN_AREA * size[0] * size[1] / (64 * 64)
-        for colour, ci, si in object_words(e["words"], spec):
-            truth = judge.segment(image, colour)
+        for (colour, ci, si), truth in zip(object_words(e["words"], pic.spec), pic.masks, strict=True):
             if truth.sum() < min_area:
                 skipped += 1
                 continue
@@ -123,8 +102,8 @@ def validate(
             noun, adjective, phrase = normalise(noun_map), normalise(colour_map), normalise(noun_map + colour_map)
             rows.append(
                 {
-                    "prompt": prompt,
-                    "seed": s,
+                    "prompt": pic.prompt,
+                    "seed": pic.seed,
                     "object": f"{colour} {e['words'][si]}",
                     "area": int(truth.sum()),
                     "noun": iou(noun > threshold, truth),

@@ -198,6 +198,19 @@ def traced_run(
     return tr
 
 
+README_ANIMATION = "denoising.gif"
+
+
+def readme_animation(out_dir: str | Path, pipe: Any = None, prompt: str | None = None, seed: int | None = None,
+                     steps: int = 50) -> Path:  # fmt: skip
+    """The README's animation, `out_dir/denoising.gif`: the denoising of the README figures' prompt and seed (see
+    `sdviz.viz.figures`; `sdviz figures` calls this), 128 pixels per panel, 10 frames a second."""
+    from sdviz.viz import figures
+
+    tr = traced_run(prompt or figures.PROMPT, pipe, figures.SEED if seed is None else seed, steps)
+    return animate_denoising(tr, Path(out_dir) / README_ANIMATION, size=128, fps=10)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`sdviz animate ["prompt"] --out denoise.gif [--word W] [--trace FILE] [--weights PATH] [...]`"""
     p = argparse.ArgumentParser(

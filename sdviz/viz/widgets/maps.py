@@ -3,8 +3,9 @@
 `Trace.word_map` upsamples the maps of all 77 token positions and then averages a word's positions; a widget that
 redraws on every slider move needs only the handful of entries it shows. `AttentionMaps` computes the same numbers
 (DAAM's aggregation: heads and layers summed, each resolution upsampled bilinearly and weighted by the number of
-single-head maps it holds) for chosen position groups only, from the record's running sums, and caches them per
-selection. `tests/test_widgets.py` checks that they equal `Trace.word_map`.
+single-head maps it holds) for the chosen groups of positions only. It keeps, once, running sums over the steps of
+those few columns, so that any window of steps costs one subtraction per layer, and caches the maps per choice.
+`tests/test_widgets.py` checks that they equal `Trace.word_map`.
 
     maps = AttentionMaps(tr, image=0, size=(64, 64))
     maps.compute([[3], [4, 5]], steps=(10, 20), where=16, head=None)   # (2, 64, 64): two entries, steps 10..20
@@ -15,11 +16,25 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as Fn
+
+
+@lru_cache(maxsize=64)
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of 1-D bilinear resampling as torch's `interpolate(mode="bilinear",
+    align_corners=False)` does it: output i reads the input at (i + 0.5) * n_in / n_out - 0.5, clamped at the edges."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = src - i0
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), i0), 1 - frac)
+    np.add.at(m, (np.arange(n_out), i1), frac)
+    return m
 
 
 def map_size(image_hw: tuple[int, int], cap: int = 128) -> tuple[int, int]:
@@ -40,6 +55,7 @@ class AttentionMaps:
         self.heads_kept = "head" in self.rec.keep
         self.layers_kept = "layer" in self.rec.keep
         self._cache: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._columns_of: tuple[Any, dict] | None = None  # (groups, running sums per key) of the last groups asked
         self._cache_size = cache
 
     # -- what can be chosen ----------------------------------------------------------------------------------------
@@ -72,31 +88,39 @@ class AttentionMaps:
 
     # -- computing ---------------------------------------------------------------------------------------------------
 
-    def _slots(self, steps: tuple[int, int] | None) -> slice:
-        """The record's step slots a window (first, last) of step indices covers (all when steps were summed)."""
+    def _slots(self, steps: tuple[int, int] | None) -> tuple[int, int]:
+        """The record's step slots [start, stop) a window (first, last) of step indices covers (all of them when the
+        steps were summed during the run)."""
         if steps is None or not self.per_step_kept:
-            return slice(None)
+            return 0, len(self.rec.steps) if self.per_step_kept else 1
         lo, hi = steps
         slots = [i for i, s in enumerate(self.rec.steps) if lo <= s <= hi]
         if not slots:
             raise KeyError(f"no recorded step in {lo}..{hi}; recorded: {self.rec.steps[0]}..{self.rec.steps[-1]}")
-        return slice(slots[0], slots[-1] + 1)
+        return slots[0], slots[-1] + 1
 
-    def _reduce(self, key: str, slots: slice, head: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sums over heads (S, n, m), number of single-head maps in each (S,)) of one key, for the chosen slots."""
-        sums = self.rec.sums[key][slots, self.image]  # (S, H, n, m)
-        counts = self.rec.counts[key][slots, self.image].float()  # (S,)
-        if head is not None:
-            if not self.heads_kept:
-                raise KeyError("cross-attention was summed over heads during the run; trace with keep=['head']")
-            return sums[:, head].float(), counts
-        return sums.float().sum(1), counts * (sums.shape[1] if self.heads_kept else 1)
+    def _columns(self, groups: tuple[tuple[int, ...], ...]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per key, running sums over the step slots of each group's mean column: ((S + 1, H, n, E), (S + 1,)) in
+        float64, so that any window of steps is one subtraction. Made once per set of groups (a few columns of the
+        77, so a fraction of the record's size)."""
+        if self._columns_of is not None and self._columns_of[0] == groups:
+            return self._columns_of[1]
+        out = {}
+        for key, sums in self.rec.sums.items():
+            x = sums[:, self.image]  # (S, H, n, m)
+            cols = torch.stack([x[..., list(g)].double().mean(-1) for g in groups], -1)  # (S, H, n, E)
+            zero = torch.zeros(1, *cols.shape[1:], dtype=torch.float64)
+            counts = self.rec.counts[key][:, self.image].double()  # (S,)
+            out[key] = (torch.cat([zero, cols.cumsum(0)]), torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
+        self._columns_of = (groups, out)
+        return out
 
-    def _upsample(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """(..., n) maps on an (h, w) grid -> (..., H, W), bilinear as `AttentionRecord.combined`."""
-        lead = x.shape[:-1]
-        up = Fn.interpolate(x.reshape(-1, 1, *hw), size=self.size, mode="bilinear", align_corners=False)
-        return up.reshape(*lead, *self.size)
+    def _upsample(self, x: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+        """(..., n) maps on an (h, w) grid -> (..., H, W) float64, bilinear as `AttentionRecord.combined` (torch's
+        align_corners=False), as two small matrix products: no thread pool to wake for a few thousand numbers."""
+        ry, rx = bilinear_matrix(hw[0], self.size[0]), bilinear_matrix(hw[1], self.size[1])
+        grid = x.double().numpy().reshape(*x.shape[:-1], *hw)  # (..., h, w)
+        return ry @ grid @ rx.T  # (H, h) @ (..., h, w) @ (w, W) -> (..., H, W)
 
     def compute(
         self,
@@ -107,25 +131,32 @@ class AttentionMaps:
     ) -> np.ndarray:
         """The map of each group of token positions (a group's maps averaged, as `Trace.word_map` averages a word's
         sub-tokens): (len(groups), H, W) float32, summed over the steps in the window `steps` = (first, last)."""
-        cache_key = (tuple(tuple(g) for g in groups), steps, where, head)
+        groups = tuple(tuple(g) for g in groups)
+        cache_key = (groups, steps, where, head)
         if cache_key in self._cache:
             self._cache.move_to_end(cache_key)
             return self._cache[cache_key]
-        slots = self._slots(steps)
+        if head is not None and not self.heads_kept:
+            raise KeyError("cross-attention was summed over heads during the run; trace with keep=['head']")
+        a, b = self._slots(steps)
+        columns = self._columns(groups)
         total, weight = None, 0.0
         for key in self.keys(where):
-            sums, counts = self._reduce(key, slots, head)
-            c = float(counts.sum())
+            sums, counts = columns[key]
+            s = sums[b] - sums[a]  # (H, n, E): summed over the window's steps
+            c = float(counts[b] - counts[a])  # single-head maps per head (kept heads) or in all (summed heads)
+            if head is not None:
+                s = s[head]
+            else:
+                s, c = s.sum(0), c * (s.shape[0] if self.heads_kept else 1)
             if c == 0:
                 continue
-            s = sums.sum(0)  # (S, n, m) -> (n, m)
-            entries = torch.stack([s[:, list(g)].mean(-1) for g in groups])  # (E, n)
-            up = self._upsample(entries, tuple(self.rec.grid[key]))  # (E, H, W)
+            up = self._upsample(s.T, tuple(self.rec.grid[key]))  # (E, n) -> (E, H, W)
             total = up if total is None else total + up
             weight += c
         if total is None:
             raise KeyError("nothing of the cross-attention was recorded for this choice")
-        out = (total / weight).numpy()
+        out = (total / weight).astype(np.float32)
         self._cache[cache_key] = out
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -135,11 +166,18 @@ class AttentionMaps:
         """One group's map at every recorded step: {step index: (H, W)} (needs keep=["step"])."""
         if not self.per_step_kept:
             raise KeyError("cross-attention was summed over the steps during the run; trace with keep=['step']")
+        if head is not None and not self.heads_kept:
+            raise KeyError("cross-attention was summed over heads during the run; trace with keep=['head']")
         total, weight = None, None
         for key in self.keys(where):
-            sums, counts = self._reduce(key, slice(None), head)  # (S, n, m), (S,)
-            up = self._upsample(sums[:, :, list(group)].mean(-1), tuple(self.rec.grid[key]))  # (S, H, W)
+            x = self.rec.sums[key][:, self.image][..., list(group)].float().mean(-1)  # (S, H, n, m) -> (S, H, n)
+            counts = self.rec.counts[key][:, self.image].float()  # (S,)
+            if head is not None:
+                x = x[:, head]
+            else:
+                x, counts = x.sum(1), counts * (x.shape[1] if self.heads_kept else 1)
+            up = self._upsample(x, tuple(self.rec.grid[key]))  # (S, n) -> (S, H, W)
             total = up if total is None else total + up
             weight = counts if weight is None else weight + counts
-        maps = (total / weight.clamp(min=1e-12)[:, None, None]).numpy()
+        maps = (total / weight.double().clamp(min=1e-12).numpy()[:, None, None]).astype(np.float32)
         return {s: maps[i] for i, s in enumerate(self.rec.steps) if float(weight[i]) > 0}

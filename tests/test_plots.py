@@ -15,7 +15,7 @@ from pictures import assert_same_picture
 from sdviz.config import SD15
 from sdviz.pipeline import StableDiffusion, load_pipeline
 from sdviz.tracing import load, trace
-from sdviz.viz import figures, plots
+from sdviz.viz import figures, lessons, plots
 from sdviz.weights import build_models
 
 
@@ -55,20 +55,26 @@ def png(fig: Figure) -> bytes:
 
 def all_figures(pipe, tr) -> dict[str, Figure]:
     attn1 = next(iter(tr.self_attention.sums))
-    return {
+    figures_ = {
         "overlay": plots.attention_overlay(tr),
+        "overlay (per panel)": plots.attention_overlay(tr, scale="panel"),
         "grid": plots.attention_grid(tr),
         "groupnorm": plots.groupnorm_figure(tr),
         "time (trace)": plots.time_embedding_figure(tr),
         "strip": plots.denoising_strip(tr),
         "schedule": plots.noise_schedule_figure(tr),
         "self-attention": plots.self_attention_figure(tr, attn1),
-        **(
-            {"time (model)": plots.time_embedding_figure(pipe), "schedule (model)": plots.noise_schedule_figure(pipe)}
-            if pipe is not None
-            else {}
-        ),
+        "guidance internals": plots.guidance_internals(tr, pipe),
     }
+    if pipe is not None:
+        figures_ |= {
+            "time (model)": plots.time_embedding_figure(pipe),
+            "schedule (model)": plots.noise_schedule_figure(pipe),
+            "forward process": lessons.forward_process_figure(pipe),
+            "norm axes": lessons.norm_axes_figure(pipe),
+            "clip": lessons.clip_figure(pipe, figures.PROMPT),
+        }
+    return figures_
 
 
 def test_every_figure_renders(traced):
@@ -84,23 +90,76 @@ def test_every_figure_renders_from_a_saved_trace_without_the_model(traced, tmp_p
         assert png(fig), name
 
 
-def test_the_overlay_shows_each_word_map(traced):
+def test_the_overlay_shows_each_word_map_on_one_scale_or_each_on_its_own(traced):
     _, tr = traced
     words = plots.default_words(tr)
     assert words == ["large", "red", "circle", "above", "small", "blue", "square"]
-    fig = plots.attention_overlay(tr)
-    panels = [ax for ax in fig.axes if ax.images]
-    assert len(panels) == len(words) + 1
-    for ax, w in zip(panels[1:], words, strict=True):
-        shown = np.asarray(ax.images[1].get_array())
-        np.testing.assert_allclose(shown, plots._normalise(tr.word_map(w)))
-        assert ax.get_title() == f'"{w}"'
+    for scale in ("shared", "panel"):
+        fig = plots.attention_overlay(tr, scale=scale)
+        panels = [ax for ax in fig.axes if ax.images]
+        assert len(panels) == len(words) + 1
+        tops = []
+        for ax, w in zip(panels[1:], words, strict=True):
+            heat = ax.images[1]
+            expected = tr.word_map(w).numpy() if scale == "shared" else plots._normalise(tr.word_map(w))
+            np.testing.assert_allclose(np.asarray(heat.get_array()), expected, rtol=1e-6)
+            assert ax.get_title() == f'"{w}"\nmax {float(tr.word_map(w).max()):.3f}'
+            tops.append(heat.get_clim())
+        top = max(float(tr.word_map(w).max()) for w in words) if scale == "shared" else 1.0
+        assert tops == [(0.0, pytest.approx(top))] * len(words)
+        label = fig.axes[-1].get_ylabel()
+        assert ("one scale" in label) == (scale == "shared") and ("per panel" in label) == (scale == "panel")
+    with pytest.raises(ValueError, match="scale"):
+        plots.attention_overlay(tr, scale="log")
+
+
+def test_the_time_embedding_shows_no_pattern_that_is_not_there():
+    """Rows too fast for the panel's width are greyed (they would alias into moire), and the cos and sin halves are
+    two curves each, not one line that joins the last cos dimension to the first sin one."""
+    pipe = load_pipeline()
+    fig = plots.time_embedding_figure(pipe, compare=(999, 20))
+    full = next(ax for ax in fig.axes if ax.images and "sinusoidal" in ax.get_title())
+    mask = np.ma.getmaskarray(full.images[0].get_array())
+    half = pipe.unet.config.model_channels // 2
+    assert mask[0].all() and mask[half].all() and not mask[half - 1].any()  # the fastest of each half is greyed
+    curves = next(ax for ax in fig.axes if ax.get_title() == "the embedding of two timesteps")
+    assert len(curves.lines) == 4 and all(len(line.get_xdata()) == half for line in curves.lines)
+
+
+def test_readable_layer_names():
+    assert plots.readable_layer("unet.down_blocks.1.resnets.0.norm2") == "down 1 · ResNet 0 · norm2"
+    assert plots.readable_layer("unet.up_blocks.0.attentions.1.norm") == "up 0 · attention 1 · norm"
+    assert plots.readable_layer("unet.mid_block.resnets.1.norm1") == "mid · ResNet 1 · norm1"
+    assert plots.readable_layer("unet.conv_norm_out") == "output norm"
+
+
+def test_the_normalisations_are_what_torch_computes():
+    x = torch.randn(3, 12, 4, 4, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    f = torch.nn.functional
+    close = dict(atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lessons.normalise(x, "group norm", 4), f.group_norm(x, 4), **close)
+    torch.testing.assert_close(lessons.normalise(x, "layer norm", 4), f.layer_norm(x, x.shape[1:]), **close)
+    torch.testing.assert_close(lessons.normalise(x, "instance norm", 4), f.instance_norm(x), **close)
+    batch = f.batch_norm(x, None, None, training=True)
+    torch.testing.assert_close(lessons.normalise(x, "batch norm", 4), batch, **close)
+    torch.testing.assert_close(lessons.normalise(x, "group norm", 1), lessons.normalise(x, "layer norm", 1), **close)
+
+
+def test_the_colour_classifier_prefers_the_colour_it_is_asked_about_and_has_a_gradient_everywhere():
+    from sdviz.toy import world
+
+    pictures = {c: torch.tensor(world.PALETTE[c]).float().view(1, 3, 1, 1).expand(1, 3, 8, 8) / 127.5 - 1
+                for c in ("red", "cyan")}  # fmt: skip
+    assert lessons.colour_log_prob(pictures["red"], "red") > lessons.colour_log_prob(pictures["cyan"], "red") + 3
+    cyan = pictures["cyan"].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(lessons.colour_log_prob(cyan, "red").sum(), cyan)
+    assert grad[0, 0].mean() > 0 > grad[0, 1].mean()  # towards red: more R, less G, even from the far side
 
 
 def test_the_grid_has_one_row_per_step_and_needs_per_step_maps(traced):
     pipe, tr = traced
     fig = plots.attention_grid(tr, words=["circle", "square"])
-    assert len([ax for ax in fig.axes if ax.images]) == 2 * len(tr.timesteps)
+    assert len([ax for ax in fig.axes if ax.images]) == (1 + 2) * len(tr.timesteps)  # the predicted picture + 2 words
     with trace(pipe, record=["cross_attention"]) as summed:
         pipe.generate("a red circle", seed=1, steps=1, cfg_scale=1.0, height=64, width=64, progress=False)
     with pytest.raises(ValueError, match="keep=\\['step'\\]"):

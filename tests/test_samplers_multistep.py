@@ -2,11 +2,14 @@
 schedulers with SD 1.5's settings, and their history: per image, reset by set_timesteps, stepped in order.
 
 The loops run sdviz and diffusers side by side, each on its own latents, with the same stand-in model: a function
-of the latents and t plus fixed random tensors. Two stand-ins: `denoiser`, whose clean-image prediction is bounded
-as a trained model's is (the latents shrink from noise to a picture), and `sine`, the stand-in of test_samplers.py
-(the latents grow to ~30). "Relative difference" is the largest difference over a whole trajectory divided by the
-largest value of diffusers' trajectory: float32 rounding, different between two correct implementations, stays
-below 1e-6 (diffusers in float32 against itself in float64 differs by up to about as much).
+of the latents and t plus fixed random tensors. "Relative difference" is the largest difference over a whole
+trajectory divided by the largest value of diffusers' trajectory. Two stand-ins:
+
+- `denoiser`: its clean-image prediction is bounded, as a trained model's is, and the latents go from noise to a
+  picture. Held to the issue's 1e-6 (measured: at most 5.7e-7).
+- `sine`, the stand-in of test_samplers.py: the latents grow to ~30 and every step amplifies rounding, so much that
+  diffusers in float32 differs from diffusers in float64 by up to 1.4e-6 (DPM-Solver++, 50 steps). Two correct
+  float32 implementations can differ by about twice that: held to 5e-6 (measured: at most 8.8e-7).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sdviz.samplers.dpm_solver import karras_sigmas
 from sdviz.weights import build_models
 
 TOL = 1e-6  # relative, over a whole trajectory (issue 15)
+STAND_IN_TOL = {"denoiser": TOL, "sine": 5e-6}  # see the module docstring
 SHAPE = (2, 4, 8, 8)
 COMMON = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 LEADING = dict(timestep_spacing="leading", steps_offset=1)
@@ -212,8 +216,8 @@ def test_trajectory_equals_diffusers(case, num_steps, strength, model):
     if int(num_steps * strength) == 0:
         pytest.skip("no step to take")
     latents, x0s = run_both(case, num_steps, strength, model)
-    assert latents.relative <= TOL, f"latents: relative difference {latents.relative:.2e}"
-    assert x0s.relative <= TOL, f"predicted x0: relative difference {x0s.relative:.2e}"
+    assert latents.relative <= STAND_IN_TOL[model], f"latents: relative difference {latents.relative:.2e}"
+    assert x0s.relative <= STAND_IN_TOL[model], f"predicted x0: relative difference {x0s.relative:.2e}"
 
 
 def test_unipc_predictor_is_dpmpp_2m():

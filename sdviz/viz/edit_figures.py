@@ -35,11 +35,10 @@ def _off(ax: Any) -> None:
     ax.set_yticks([])
 
 
-def _overlay(ax: Any, picture: np.ndarray, heat: np.ndarray, title: str, vmax: float | None = None) -> Any:
-    """A word map laid over its picture; normalised to [0, 1], or to [0, vmax] when maps are compared in size."""
+def _overlay(ax: Any, picture: np.ndarray, heat: np.ndarray, title: str) -> Any:
+    """A word map, normalised to [0, 1], laid over its picture."""
     ax.imshow(picture)
-    m = _normalise(heat) if vmax is None else np.clip(np.asarray(heat, dtype=np.float64) / vmax, 0, 1)
-    im = ax.imshow(m, cmap=HEAT, alpha=0.55, vmin=0, vmax=1)
+    im = ax.imshow(_normalise(heat), cmap=HEAT, alpha=0.55, vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
     _off(ax)
     return im
@@ -76,15 +75,15 @@ def reweight_figure(
     seed: int = 1,
     **generate: Any,
 ) -> Figure:
-    """Reweight one word at several factors, same seed: top row the pictures, bottom row the word's map over each,
-    all on one colour scale (the map at factor 1 spans it), so the map visibly grows with the factor."""
+    """Reweight one word at several factors, same seed: top row the pictures, bottom row the word's map over each
+    (each normalised to its own maximum: where the word looked), titled with its total attention relative to the
+    factor-1 map (how much it looked)."""
     from sdviz.editing import Reweight
 
     generate = {**SETTINGS, **generate}
     traces = [_edited_run(pipe, [Reweight({word: w})], prompt, seed, generate) for w in weights]
     maps = [tr.word_map(word).numpy() for tr in traces]
     base = maps[list(weights).index(1.0)] if 1.0 in weights else maps[0]
-    vmax = float(base.max()) or 1.0
     fig = Figure(figsize=(1.9 * len(weights) + 0.9, 4.3), layout="constrained")
     axes = fig.subplots(2, len(weights), squeeze=False)
     im = None
@@ -93,9 +92,9 @@ def reweight_figure(
         axes[0, c].imshow(picture)
         axes[0, c].set_title(f'"{word}" x {w:g}', fontsize=9)
         _off(axes[0, c])
-        im = _overlay(axes[1, c], picture, m, f"mass {m.sum() / base.sum():.2f}x", vmax=vmax)
+        im = _overlay(axes[1, c], picture, m, f"attention {m.sum() / base.sum():.2f}x")
     axes[1, 0].set_ylabel(f'map of "{word}"', fontsize=9)
-    fig.colorbar(im, ax=axes[1, -1], fraction=0.046, pad=0.04, label="attention / max at x1")
+    fig.colorbar(im, ax=axes[1, -1], fraction=0.046, pad=0.04, label="attention (normalised)")
     fig.suptitle(f"reweight: {prompt!r}, seed {seed}", fontsize=10)
     return fig
 
@@ -134,19 +133,19 @@ def replace_figure(
         (tr, 1, "target (replace)", [p[1] for p in pairs]),
         (plain, 0, "target alone", [p[1] for p in pairs]),
     ]
-    fig = Figure(figsize=(1.9 * (len(pairs) + 1) + 0.3, 6.3), layout="constrained")
+    fig = Figure(figsize=(2.0 * (len(pairs) + 1) + 0.4, 7.0), layout="constrained")
     axes = fig.subplots(len(rows), len(pairs) + 1, squeeze=False)
     for r, (t, image, label, ws) in enumerate(rows):
         picture = t.images_u8[image].permute(1, 2, 0).numpy()
         axes[r, 0].imshow(picture)
-        axes[r, 0].set_title(t.prompts[image], fontsize=7)
-        axes[r, 0].set_ylabel(label, fontsize=9)
+        axes[r, 0].set_title("picture", fontsize=9)
+        axes[r, 0].set_ylabel(label, fontsize=10)
         _off(axes[r, 0])
         for c, w in enumerate(ws, start=1):
-            _overlay(axes[r, c], picture, t.word_map(w, image=image), f'"{w}"')
+            _overlay(axes[r, c], picture, t.word_map(w, image=image), f'map of "{w}"')
     fig.suptitle(
-        f"replace, seed {seed}: cross-attention maps injected for the first {cross_replace_steps:g} of the steps, "
-        f"self-attention for {self_replace_steps:g}",
-        fontsize=9,
+        f"replace, seed {seed}\nsource: {source!r}\ntarget:  {target!r}\ncross-attention maps injected for the "
+        f"first {cross_replace_steps:g} of the steps, self-attention for {self_replace_steps:g}",
+        fontsize=8,
     )
     return fig

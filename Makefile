@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sdviz-installed
 
-.PHONY: demo test test-all lint flowcharts figures graphviz chromium lab screenshots clean
+.PHONY: demo test test-all lint flowcharts figures notebooks graphviz chromium lab screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ test-all: $(STAMP) graphviz
 
 flowcharts: $(STAMP) graphviz
 	$(BIN)/python -m sdviz flowchart --out flowcharts
+
+# redraw the README's figures (readme-images/) with sdviz's own code
+figures: $(STAMP)
+	$(BIN)/python -m sdviz figures --out readme-images
+
+# run every notebook of the course in a real Jupyter kernel and save it with its outputs (GitHub and nbviewer show
+# them); a notebook with an error, or a figure that shows as text, is reported and not saved
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py
 
 # JupyterLab on notebooks/, with sdviz, the widgets and a kernel from .venv
 lab: $(STAMP)

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 # Which rows of a batch a listener wants: all of them (None), a slice, or a function of the batch size (so that a
@@ -54,7 +55,8 @@ class Listener:
     """A function called with (tensor, HookCall) at a hook point, for the rows it registered for.
 
     An observer's return value is ignored. An *editor* (edit=True) may return a replacement for the rows it saw,
-    which then flows on through the network: editing is always asked for explicitly.
+    which then flows on through the network: editing is always asked for explicitly. An editor returns a new tensor
+    (or None: no change); it must not change the tensor it was handed in place.
     """
 
     fn: Callable[[Tensor, HookCall], Tensor | None]
@@ -104,13 +106,27 @@ class HookPoint(nn.Module):
 
     def forward(self, x: Tensor, rows: slice | None = None, batch: int | None = None, queries: slice | None = None):
         """Hand `x` to the listeners. `x` holds rows `rows` (default all) of a batch of `batch` rows (default len(x)),
-        and query positions `queries` when it is a chunk of attention probabilities."""
+        and query positions `queries` when it is a chunk of attention probabilities.
+
+        Editors run first, in the order they were added, each on what the one before returned; then the observers,
+        which therefore see what the network goes on with (a trace inside an edit records the edited values).
+        Returns `x` itself unless an editor returned a replacement."""
         if not self.listeners:
-            return x
+            return x  # all that torch.compile traces when nobody listens; it guards on the list, see `_tell`
+        return self._tell(x, rows, batch, queries)
+
+    @torch.compiler.disable
+    def _tell(self, x: Tensor, rows: slice | None, batch: int | None, queries: slice | None) -> Tensor:
+        """The listeners' part of `forward`, always run eagerly, outside any compiled graph.
+
+        Under `torch.compile`, dynamo guards on `self.listeners` being empty, so adding a listener recompiles once
+        (and removing it finds the listener-free graph again). Where someone listens, the graph breaks here and the
+        listeners run as plain Python: inlined, they would bake a trace's step counter into the graph and recompile
+        at every step."""
         start = 0 if rows is None else rows.start
         batch = start + len(x) if batch is None else batch
         edited = False
-        for listener in list(self.listeners):
+        for listener in sorted(self.listeners, key=lambda item: not item.edit):  # editors first (a stable sort)
             want = listener.wants(batch)
             lo, hi = max(want.start, start) - start, min(want.stop, start + len(x)) - start
             if hi <= lo:
@@ -151,8 +167,15 @@ def hook_points(model: Any) -> dict[str, HookPoint]:
     for root, module in _roots(model).items():
         for path, m in module.named_modules():
             if isinstance(m, HookPoint):
-                points[".".join(p for p in (root, path) if p)] = m
+                points[module_name(root, path)] = m
     return points
+
+
+def module_name(*paths: str) -> str:
+    """A dotted name from module paths, without the `_orig_mod` that `torch.compile(module)` puts in (the wrapper it
+    returns holds the module under that name): `unet._orig_mod.hook_out` -> `unet.hook_out`. A hook point's name is
+    the same whether its network was compiled in place (`unet.compile()`), wrapped, or not at all."""
+    return ".".join(part for path in paths for part in path.split(".") if part and part != "_orig_mod")
 
 
 def hook_names(model: Any, filter: Filter = None) -> list[str]:

@@ -18,12 +18,24 @@ Randomness: image i of a call with `seed=s` draws all its noise from its own gen
 `seed[i]` for a list), always on the CPU, so a seed gives the same picture whatever the batch. On the CPU the
 networks also run image by image (`batch_invariant`): BLAS kernels choose their summation order by matrix size, so a
 batch of 3 can differ from a batch of 1 in the last bit; run alone, each picture is bit-identical at any batch position.
+That promise is the CPU's: on a GPU the whole batch runs in one call (`batch_invariant` is False there, for speed), and
+a seed gives the same picture at any batch position only up to rounding (`benchmarks/gpu.py` measures how close). Set
+`pipe.batch_invariant = True` to run image by image on a GPU too.
+
+Compiled networks (`pipe.unet.compile()` or `pipe.unet = torch.compile(pipe.unet)`): hook names do not change, and
+while anything listens at a hook point (a trace, `sdviz.hooks`, an edit) `generate` runs them eagerly (torch.compile's
+"force_eager" stance), so the listeners see every call; the compiled graph is used again as soon as nobody listens.
+
+Numbers that overflow (float16) never become a black picture: non-finite latents raise an error naming the step
+where they went non-finite, and a float16 VAE that overflows decodes again in float32, with a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 import random
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +48,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sdviz.hooks import hook_points
 from sdviz.samplers import Sampler, get_sampler
 from sdviz.tokenizer import Tokenizer
 from sdviz.weights import Models, load_models
@@ -152,7 +165,9 @@ def image_to_tensor(image: Image.Image | Tensor, height: int, width: int) -> Ten
 
 
 def tensor_to_images(x: Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> B PIL images."""
+    """(B, 3, H, W) in [-1, 1] -> B PIL images. Non-finite values raise (clamped, a NaN would be a black pixel)."""
+    if not torch.isfinite(x).all():
+        raise FloatingPointError("the decoded pictures hold non-finite values (NaN or inf); they would be black pixels")
     x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, 3, H, W) in [0, 255]
     return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in x]  # (3, H, W) -> (H, W, 3)
 
@@ -174,6 +189,50 @@ def mask_to_tensor(mask: Image.Image | Tensor, height: int, width: int, factor: 
     return (m > 0.5).float()
 
 
+def _eager_while_listening(generate: Callable) -> Callable:
+    """Run `generate` with torch.compile's "force_eager" stance while anyone listens at one of the pipeline's hook
+    points. Compiled, a network would have to recompile around every listening hook point (each a graph break that
+    dynamo also meets inside loops, where it gives up on whole frames); eager, the listeners see exactly what an
+    uncompiled pipeline computes, at once. Without listeners the compiled graph runs."""
+
+    @functools.wraps(generate)
+    def wrapper(self: StableDiffusion, *args: Any, **kwargs: Any) -> GenerationResult:
+        set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+        if set_stance is None or not any(p.listeners for p in hook_points(self).values()):
+            return generate(self, *args, **kwargs)
+        with set_stance("force_eager"):
+            return generate(self, *args, **kwargs)
+
+    return wrapper
+
+
+def world_vocabulary() -> dict[str, tuple[str, ...]]:
+    """What a model trained on sdviz's shapes world (the embedded model) was taught, by kind of word: six colours,
+    three shapes, two sizes, five positions of one object and four relations between two (`sdviz/toy/world.py`)."""
+    from sdviz.toy import world
+
+    return {
+        "colours": world.COLOURS,
+        "shapes": world.SHAPES,
+        "sizes": world.SIZES,
+        "positions": tuple(world.POSITION_PHRASES.values()),
+        "relations": tuple(world.RELATION_PHRASES.values()),
+    }
+
+
+def _unknown_prompts(prompts: Sequence[str], vocabulary: dict[str, tuple[str, ...]]) -> list[str]:
+    """The prompts that hold words but not one word that names something of the world (a colour, a shape, a size, a
+    position or a relation; "a", "the", "of" name nothing). The empty prompt is the unconditional one: never listed."""
+    import re
+
+    from sdviz.toy.world import _SYNONYMS
+
+    glue = {"a", "an", "the", "on", "at", "in", "to", "of", "and"}
+    known = {w for phrases in vocabulary.values() for p in phrases for w in p.split()} - glue | set(_SYNONYMS)
+    words = [set(re.findall(r"[a-z]+", p.lower())) for p in prompts]
+    return [p for p, ws in zip(prompts, words, strict=True) if ws and not ws & known]
+
+
 class StableDiffusion:
     """Tokenizer, text encoder, VAE and UNet, and the loop that turns a prompt into a picture."""
 
@@ -191,8 +250,12 @@ class StableDiffusion:
         self.vae = models.vae.to(self.device, dtype).eval().requires_grad_(False)
         self.unet = models.unet.to(self.device, dtype).eval().requires_grad_(False)
         self.observers: list[Observer] = []  # told on_start / on_step / on_end (see `observe`)
+        # explicit edits of x_{t-1} after each step, fn(index, t, latents) -> latents (sdviz.editing's local blend)
+        self.latent_editors: list[Callable[[int, int, Tensor], Tensor]] = []
         # run the networks one image at a time, so that results do not depend on the batch (see module docstring)
         self.batch_invariant = self.device.type == "cpu"
+        # the words it was trained on, for a model of sdviz's shapes world (the embedded model); None for SD weights
+        self.vocabulary: dict[str, tuple[str, ...]] | None = world_vocabulary() if self.config.name == "toy" else None
 
     @contextmanager
     def observe(self, observer: Observer) -> Iterator[Observer]:
@@ -243,9 +306,38 @@ class StableDiffusion:
         z = latents.to(self.device, self.dtype) / self.config.vae.scaling_factor
         return torch.cat([self.vae.decode(z[c]) for c in self._chunks(len(z))])  # (B, 4, h, w) -> (B, 3, H, W)
 
+    @torch.no_grad()
+    def decode_checked(self, latents: Tensor, finite: Sequence[Tensor] = (), timesteps: Sequence[int] = ()) -> Tensor:
+        """`decode_latents` that never hands on a NaN or an inf (which would become a black picture).
+
+        Non-finite latents raise FloatingPointError naming the first step whose x_{t-1} was non-finite (`finite`:
+        one 0-dim bool tensor per step). A half-precision VAE that overflows on finite latents (a known SD problem at
+        high resolution) decodes again in float32, with a warning; non-finite pixels after that raise too.
+        """
+        if not torch.isfinite(latents).all():
+            bad = [i for i, ok in enumerate(torch.stack(list(finite)).tolist()) if not ok] if len(finite) else []
+            where = f"at step {bad[0]} of {len(finite)} (t={timesteps[bad[0]]})" if bad else "before the first step"
+            half = self.dtype == torch.float16
+            hint = "; float16 overflows: try dtype=torch.bfloat16 or torch.float32" if half else ""
+            raise FloatingPointError(f"the latents became non-finite (NaN or inf) {where}, nothing to decode{hint}")
+        images = self.decode_latents(latents)  # (B, 4, h, w) -> (B, 3, H, W)
+        if not torch.isfinite(images).all() and self.dtype != torch.float32:
+            what = f"the {self.dtype} VAE decoder overflowed (non-finite pixels); decoded again in float32"
+            warnings.warn(what, RuntimeWarning, stacklevel=2)
+            z = latents.to(self.device, torch.float32) / self.config.vae.scaling_factor
+            self.vae.float()  # in place and back: float16 -> float32 -> float16 changes no weight
+            try:
+                images = torch.cat([self.vae.decode(z[c]) for c in self._chunks(len(z))])
+            finally:
+                self.vae.to(self.dtype)
+        if not torch.isfinite(images).all():
+            raise FloatingPointError("the VAE decoder gave non-finite pixels (NaN or inf) from finite latents")
+        return images
+
     # -- the loop --------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
+    @_eager_while_listening
     def generate(
         self,
         prompt: str | Sequence[str],
@@ -261,6 +353,7 @@ class StableDiffusion:
         width: int | None = None,
         latents: Tensor | None = None,
         eta: float | None = None,
+        use_karras_sigmas: bool | None = None,
         progress: bool = True,
         on_step: Callable[[StepInfo], None] | None = None,
         guidance_scale: float | None = None,
@@ -277,18 +370,24 @@ class StableDiffusion:
             cfg_scale: classifier-free guidance weight; 1 or less disables guidance (one UNet pass per step).
                 diffusers calls it `guidance_scale`, which is accepted too.
             steps: number of denoising steps (before `strength` shortens them); diffusers' `num_inference_steps`.
-            sampler: "ddpm", "ddim", "euler", "euler_a", or a Sampler instance.
+            sampler: "ddpm", "ddim", "euler", "euler_a", "pndm", "dpmpp_2m", "unipc", or a Sampler instance.
             seed: an int (image i uses seed + i), a list of ints, or None for a random one. Any integral number
                 (a numpy integer too) is accepted.
             height, width: in pixels, multiples of 8; default the model's image size (or the input image's).
             latents: initial noise (B, 4, h, w) to use instead of drawing it from the seed (text-to-image).
             eta: DDIM's stochasticity (0 = deterministic); only the "ddim" sampler has it.
+            use_karras_sigmas: Karras et al.'s noise levels; an option of "dpmpp_2m" and "unipc" only.
             progress: show a tqdm progress bar.
             on_step: called with each step's `StepInfo` after the step (e.g. a live preview).
         """
         cfg_scale = _alias("cfg_scale", cfg_scale, 7.5, "guidance_scale", guidance_scale)
         steps = _alias("steps", steps, 50, "num_inference_steps", num_inference_steps)
         prompts = _strings("prompt", prompt)
+        unknown = _unknown_prompts(prompts, self.vocabulary) if self.vocabulary else []
+        if unknown:  # the embedded model draws shapes whatever it is asked: say so once per call
+            words = "; ".join(f"{kind}: {', '.join(ws)}" for kind, ws in self.vocabulary.items())
+            what = f"{', '.join(map(repr, unknown))}: no word the embedded model was trained on; it knows {words}"
+            warnings.warn(what, UserWarning, stacklevel=4)  # 4: the caller, past no_grad and the compile wrapper
         negative_prompt = "" if negative_prompt is None else negative_prompt
         negatives = _strings("negative_prompt", negative_prompt)
         negatives = negatives * len(prompts) if isinstance(negative_prompt, str) else negatives
@@ -306,10 +405,11 @@ class StableDiffusion:
             raise ValueError(f"strength must be between 0 and 1, got {strength!r}")
         if mask is not None and image is None:
             raise ValueError("a mask needs an image to inpaint (image=...)")
-        if isinstance(sampler, str):
-            sampler = get_sampler(sampler, self.config.schedule, **({} if eta is None else {"eta": eta}))
-        elif eta is not None:
-            raise ValueError("eta is an option of the sampler: pass it when you build the sampler instance")
+        options = {k: v for k, v in {"eta": eta, "use_karras_sigmas": use_karras_sigmas}.items() if v is not None}
+        if isinstance(sampler, str):  # options given only; one the sampler does not take is an error
+            sampler = get_sampler(sampler, self.config.schedule, **options)
+        elif options:
+            raise ValueError(f"{', '.join(options)}: options of the sampler; pass them when you build the instance")
         seeds = self._seeds(seed, b)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         x_image = image_to_tensor(image, height, width) if image is not None else None  # (1, 3, H, W)
@@ -340,6 +440,7 @@ class StableDiffusion:
         observers = list(self.observers)
         for obs in observers:
             obs.on_start(self, info)
+        finite: list[Tensor] = []  # per step: are x_{t-1}'s values all finite? (on the device; read at the end only)
 
         # 3. the denoising loop
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
@@ -354,16 +455,19 @@ class StableDiffusion:
                 nxt = timesteps[i + 1] if i + 1 < len(timesteps) else None
                 original = known if nxt is None else sampler.add_noise(known, noise, nxt)
                 x_next = m * x_next + (1 - m) * original
+            for edit in self.latent_editors:  # only explicit edits (sdviz.editing); observers see their result
+                x_next = edit(i, t, x_next)  # (B, 4, h, w) -> (B, 4, h, w)
             if observers or on_step is not None:
                 step = StepInfo(i, t, x, eps_cond, eps_uncond, eps, out.pred_original_sample, x_next)
                 for obs in observers:
                     obs.on_step(self, step)
                 if on_step is not None:
                     on_step(step)
+            finite.append(torch.isfinite(x_next).all())
             x = x_next
 
         # 4. latents -> pixels
-        images = tensor_to_images(self.decode_latents(x))
+        images = tensor_to_images(self.decode_checked(x, finite, timesteps))
         result = GenerationResult(images, x.float().cpu(), seeds)
         for obs in observers:
             obs.on_end(self, result)
@@ -416,9 +520,15 @@ def load_pipeline(
     config=None,
 ) -> StableDiffusion:
     """A ready pipeline from real SD 1.x weights (CompVis file, diffusers folder, sdviz folder) or, with no
-    argument, from the small model sdviz ships."""
+    argument, from the small model sdviz ships.
+
+    The networks are built on the meta device and each tensor is converted to `dtype` and moved to `device` as it
+    is read (see `load_models`): loading SD 1.5 in float16 from a float32 file peaks at about 2.7 GB of host
+    memory (the model's 2.1 GB, Python and torch), not the 6.8 GB of a float32 build followed by a cast
+    (`benchmarks/load_memory.py`)."""
     if weights is None:
         if not (EMBEDDED_MODEL / "sdviz.json").is_file():
             raise FileNotFoundError("no embedded model yet: pass the path of Stable Diffusion 1.x weights")
         weights = EMBEDDED_MODEL
-    return StableDiffusion(load_models(weights, config=config), device=device, dtype=dtype)
+    models = load_models(weights, config=config, device=device, dtype=dtype)
+    return StableDiffusion(models, device=device, dtype=dtype)

@@ -10,6 +10,11 @@ N x M probability matrix). When a trace listens on `hook_probs`, the probabiliti
 from the same Q and K, only for the batch rows the listeners asked for, and in chunks of query positions (so that
 at most `PROBS_CHUNK_BYTES` of scores and softmax exist at once, even for SD 1.5's 4096 x 4096 self-attention);
 each chunk is handed to the hook. The layer's output is untouched, bit for bit.
+
+An *editor* on `hook_probs` (`sdviz.editing`, prompt-to-prompt) may hand back changed probabilities. Then, for the
+rows and query positions whose probabilities it changed, and only those, the output is computed from the edited
+probabilities, probs @ V; everywhere else the fused kernel's output stays as it was. An edit that changes no
+probability (a reweight by 1.0) therefore changes no number.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, query_dim, bias=qkv_bias)
         self.to_out = nn.Linear(query_dim, query_dim)
         self.hook_probs = HookPoint()  # (B, heads, N, M) attention probabilities, computed only when listened to
+        self.hook_values = HookPoint()  # (B, heads, M, d) the values, handed with the probabilities (same rows)
 
     def forward(self, x: Tensor, context: Tensor | None = None, causal: bool = False) -> Tensor:
         context = x if context is None else context
@@ -72,19 +78,36 @@ class Attention(nn.Module):
         v = self.to_v(context).view(b, m, h, d).transpose(1, 2)  # (B, M, C_ctx) -> (B, h, M, d)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, h, N, d)
         if self.hook_probs.active:
-            self.observe_probs(q, k, causal)  # beside the fused kernel: changes nothing above
+            out = self.hook_attention(q, k, v, out, causal)  # beside the fused kernel; only an editor changes `out`
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, h, N, d) -> (B, N, h, d) -> (B, N, C)
         return self.to_out(out)  # (B, N, C) -> (B, N, C)
 
-    def observe_probs(self, q: Tensor, k: Tensor, causal: bool) -> None:
-        """Hand the probabilities of the rows the listeners want to `hook_probs`, in chunks of query positions."""
+    @torch.compiler.disable  # eager under torch.compile: listeners are Python (see sdviz.hooks.HookPoint._tell)
+    def hook_attention(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor, causal: bool) -> Tensor:
+        """Hand the probabilities of the rows the listeners want to `hook_probs`, in chunks of query positions, and
+        return the attention output (B, h, N, d).
+
+        `out` is the fused kernel's output. Observers leave it as it is. Where an editor hands back probabilities
+        that differ (bit for bit) from those it was given, those rows and query positions are recomputed from the
+        edited probabilities: probs @ V.
+        """
         b, n = q.shape[0], q.shape[2]
         rows = self.hook_probs.wanted_rows(b)  # e.g. the conditional half of a guided batch
         if rows.stop <= rows.start:
-            return
-        q, k = q[rows], k[rows]  # (b', h, N, d), (b', h, M, d)
+            return out
+        q, k, v_rows = q[rows], k[rows], v[rows]  # (b', h, N, d), (b', h, M, d), (b', h, M, d)
+        self.hook_values(v_rows, rows=rows, batch=b)  # o = probs @ V: what a listener needs to project the output
         chunk = probs_chunk(len(q), self.heads, n, k.shape[2])
+        fused = out
         for i in range(0, n, chunk):
             queries = slice(i, min(n, i + chunk))
             probs = attention_probs(q[:, :, queries], k, causal, offset=i)  # (b', h, chunk, M)
-            self.hook_probs(probs, rows=rows, batch=b, queries=queries)
+            seen = self.hook_probs(probs, rows=rows, batch=b, queries=queries)  # `probs` itself unless edited
+            if seen is probs:
+                continue
+            changed = (seen != probs).flatten(1).any(1).nonzero()[:, 0]  # (c,) the rows an editor changed
+            if len(changed):
+                out = out.clone() if out is fused else out  # the fused output itself is never written to
+                edited = seen[changed].to(v.dtype) @ v_rows[changed]  # (c, h, chunk, M) @ (c, h, M, d)
+                out[rows.start + changed, :, queries] = edited  # (c, h, chunk, d) into (B, h, N, d)
+        return out

@@ -52,7 +52,7 @@ def _step_caption(tr: Any, i: int) -> str:
 def denoising_frames(tr: Any, image: int = 0, size: int = 128, decoded: bool | None = None) -> list[np.ndarray]:
     """One frame per step, then the result: x_t and the predicted x0 (linear RGB previews) and, when the trace holds
     it (decode=True; `decoded=False` leaves it out), the VAE's decode of x0, side by side with a caption.
-    The last frame shows the final latent and the generated picture."""
+    The last frame shows the final latent (and the last predicted x0) beside the generated picture."""
     from sdviz.viz.widgets.checks import need_latents
 
     rec = need_latents(tr, "the denoising animation")
@@ -67,7 +67,9 @@ def denoising_frames(tr: Any, image: int = 0, size: int = 128, decoded: bool | N
             panels.append(F.label(F.enlarge(pic, size), "x0, VAE decode"))
         out.append(F.label(F.hstack(panels), _step_caption(tr, i), height=20))
     last = [F.label(F.enlarge(rec.preview("final", image=image), size), "final latent")]
-    last += [F.label(F.enlarge(picture, size), "picture")] * (2 if with_decode else 1)
+    if with_decode:
+        last.append(F.label(F.enlarge(x0[-1], size), "last predicted x0"))
+    last.append(F.label(F.enlarge(picture, size), "the picture"))
     out.append(F.label(F.hstack(last), "done: the VAE decodes the final latent", height=20))
     return out
 

@@ -24,17 +24,21 @@ import torch
 
 
 @lru_cache(maxsize=64)
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """The (n_out, n_in) matrix of 1-D bilinear resampling as torch's `interpolate(mode="bilinear",
-    align_corners=False)` does it: output i reads the input at (i + 0.5) * n_in / n_out - 0.5, clamped at the edges."""
+def bilinear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D bilinear resampling as torch's `interpolate(mode="bilinear", align_corners=False)` does it: output i reads
+    the input at (i + 0.5) * n_in / n_out - 0.5, clamped at the edges. Returns (i0, i1, weight of i1)."""
     src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
     i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = src - i0
-    m = np.zeros((n_out, n_in))
-    np.add.at(m, (np.arange(n_out), i0), 1 - frac)
-    np.add.at(m, (np.arange(n_out), i1), frac)
-    return m
+    return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+
+
+def upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Maps (..., h, w) -> (..., H, W), bilinear (torch's align_corners=False), with gathers and weighted sums only:
+    no BLAS or thread pool to wake for a few thousand numbers (on a busy machine that costs more than the work)."""
+    y0, y1, fy = bilinear_weights(grid.shape[-2], size[0])
+    x0, x1, fx = bilinear_weights(grid.shape[-1], size[1])
+    rows = grid[..., y0, :] * (1 - fy)[:, None] + grid[..., y1, :] * fy[:, None]  # (..., H, w)
+    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx  # (..., H, W)
 
 
 def map_size(image_hw: tuple[int, int], cap: int = 128) -> tuple[int, int]:
@@ -116,11 +120,8 @@ class AttentionMaps:
         return out
 
     def _upsample(self, x: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
-        """(..., n) maps on an (h, w) grid -> (..., H, W) float64, bilinear as `AttentionRecord.combined` (torch's
-        align_corners=False), as two small matrix products: no thread pool to wake for a few thousand numbers."""
-        ry, rx = bilinear_matrix(hw[0], self.size[0]), bilinear_matrix(hw[1], self.size[1])
-        grid = x.double().numpy().reshape(*x.shape[:-1], *hw)  # (..., h, w)
-        return ry @ grid @ rx.T  # (H, h) @ (..., h, w) @ (w, W) -> (..., H, W)
+        """(..., n) maps on an (h, w) grid -> (..., H, W) float64, bilinear as `AttentionRecord.combined`."""
+        return upsample(x.double().numpy().reshape(*x.shape[:-1], *hw), self.size)
 
     def compute(
         self,

@@ -2,10 +2,11 @@
 
     sdviz demo                                   a picture from the embedded model, written to out/demo.png
     sdviz generate "a prompt" --out picture.png  [--negative ...] [--image in.png --strength 0.6] [--mask m.png]
-                                                 [--sampler ddim] [--steps 30] [--cfg 7.5] [--seed 1]
+                                                 [--sampler ddim] [--karras] [--steps 30] [--cfg 7.5] [--seed 1]
                                                  [--size 512x512] [--weights PATH]
     sdviz flowchart [--config sd15|toy] [--out flowcharts/] [--format svg,png,dot]
     sdviz figures [--out readme-images/]
+    sdviz animate "a prompt" --out denoise.gif  [--word circle] [--trace trace.pt] [--fps 8]
     sdviz train ...  /  sdviz evaluate ...  /  sdviz validate-attention ...
 
 Errors in what the user typed are one line on stderr and exit status 2; nothing half-written is left on disk.
@@ -25,6 +26,7 @@ DEMO_PROMPT = "a large red circle above a small blue square"
 DELEGATED = {
     "flowchart": ("sdviz.flowchart", "draw the repository flowchart and the architecture diagrams"),
     "figures": ("sdviz.viz.figures", "draw the README figures with sdviz's own code"),
+    "animate": ("sdviz.viz.animate", "animate a generation (the denoising, or a word's attention) as GIF, WebP, MP4"),
     "train": ("sdviz.toy.train", "train the embedded model on the captioned-shapes world"),
     "evaluate": ("sdviz.toy.evaluate", "measure how well the embedded model follows its prompts"),
     "validate-attention": ("sdviz.toy.validate_attention", "compare attention maps with ground-truth object masks"),
@@ -115,6 +117,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         cfg_scale=args.cfg,
         steps=args.steps,
         sampler=args.sampler,
+        use_karras_sigmas=True if getattr(args, "karras", False) else None,  # `demo` has no --karras
         seed=args.seed,
         height=height,
         width=width,
@@ -151,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strength", type=float, default=0.8, help="image-to-image: how much noise to add, 0..1")
     g.add_argument("--mask", help="inpainting mask, same size as --image: white = repaint")
     g.add_argument("--sampler", default="ddpm", help=f"one of {', '.join(SAMPLERS)} (default ddpm)")
+    g.add_argument("--karras", action="store_true", help="Karras et al.'s noise levels (dpmpp_2m, unipc)")
     g.add_argument("--steps", type=int, default=50)
     g.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
     g.add_argument("--seed", type=int, default=None)
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, WeightsError, ValueError) as e:
+    except (UsageError, WeightsError, ValueError, FloatingPointError) as e:  # one line, no traceback
         print(f"sdviz {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

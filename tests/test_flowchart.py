@@ -150,7 +150,7 @@ def test_diagrams_follow_the_code(charts):
 
 def test_output_is_deterministic_and_portable(charts):
     """Same bytes from fresh runs; no memory address, absolute path or timing in the DOT text."""
-    for cached in (runs.network_run, runs.pipeline_run, runs.merged):
+    for cached in (runs.network_run, runs.pipeline_run, runs.recording):
         cached.cache_clear()
     assert fc.repository_flowchart("unet").source == charts["flowchart-unet"].source
     assert fc.architecture_diagram("txt2img").source == charts["architecture-txt2img"].source

@@ -34,7 +34,6 @@ from sdviz.config import get_config
 from sdviz.flowchart import graph, runs
 from sdviz.flowchart.graph import CALL_COLOR, STYLE, Chart, esc, font, left, styled, wrap
 from sdviz.flowchart.source import Function, Stmt, model_modules, sampler_modules
-from sdviz.flowchart.tracer import Recording
 from sdviz.shapes import meta_network
 
 CODE_WIDTH = 46  # characters of code per line in a statement box
@@ -54,27 +53,18 @@ SHEETS = {  # name (file flowchart-<name>): title, what it shows
     "blocks": ("Building blocks: ResNet block, attention, group norm, upsampling", "what the three networks share"),
     "sampler": ("Samplers", "turn the UNet's noise prediction into a denoising step: every sampler of sdviz/samplers/"),
 }
-MODULES = {  # the modules whose functions a network's sheet draws statement by statement
-    "text-encoder": ("sdviz.models.clip",),
-    "vae-encoder": ("sdviz.models.vae",),
-    "vae-decoder": ("sdviz.models.vae",),
-    "unet": ("sdviz.models.unet",),
+MODULES = {  # the modules whose functions a sheet draws statement by statement
+    "pipeline": ("sdviz.pipeline",), "text-encoder": ("sdviz.models.clip",), "vae-encoder": ("sdviz.models.vae",),
+    "vae-decoder": ("sdviz.models.vae",), "unet": ("sdviz.models.unet",), "sampler": ("sdviz.samplers",),
     "blocks": ("sdviz.models.common", "sdviz.models.attention"),
 }
 
 
-def recording(sheet: str, config: str) -> Recording:
-    """The traced run a sheet draws."""
-    if sheet in ("pipeline", "blocks"):
-        return runs.merged(config, "pipeline" if sheet == "pipeline" else "networks")
-    return runs.sampler_recording(config) if sheet == "sampler" else runs.network_run(config, sheet)[0]
-
-
 def draws(sheet: str, fn: Function) -> bool:
-    """Does a sheet draw this function statement by statement (else, when called, as one box)?"""
-    if sheet in ("pipeline", "sampler"):  # a class's public methods; small helpers (checks, seeds) as one box each
-        prefix = "sdviz.pipeline" if sheet == "pipeline" else "sdviz.samplers."
-        return fn.module.startswith(prefix) and fn.class_name is not None and not fn.name.startswith("_")
+    """Does a sheet draw this function statement by statement (else, when called, as one box)? The pipeline's and
+    the samplers' sheets draw a class's public methods; their small helpers (checks, seeds) are one box each."""
+    if sheet in ("pipeline", "sampler"):
+        return fn.module.startswith(MODULES[sheet][0]) and fn.class_name is not None and not fn.name.startswith("_")
     return fn.module in MODULES[sheet]
 
 
@@ -93,7 +83,7 @@ class SheetDrawer:
 
     def __init__(self, sheet: str, config: str, owners: dict[str, str]):
         self.sheet, self.config, self.owners = sheet, config, owners  # owners: function key -> the sheet drawing it
-        self.rec = recording(sheet, config)
+        self.rec = runs.recording(config, sheet)
         self.index = runs.function_index()
         executed = [self.index.by_key[k] for k in self.rec.functions]
         self.drawn = [fn for fn in executed if fn.key in self.rec.expanded and draws(sheet, fn)]
@@ -266,24 +256,13 @@ def component_sheet(name: str, config: str = "sd15") -> Chart:
     owners: dict[str, str] = {}
     for sheet in SHEETS:
         if sheet != "overview":
-            for key in recording(sheet, config).expanded:
+            for key in runs.recording(config, sheet).expanded:
                 if draws(sheet, runs.function_index().by_key[key]):
                     owners.setdefault(key, sheet)
     return SheetDrawer(name, config, owners).draw()
 
 
 # -- the overview ----------------------------------------------------------------------------------------------------
-
-SHEET_OF = {
-    "sdviz.pipeline": "pipeline",
-    "sdviz.models.clip": "text-encoder",
-    "sdviz.models.vae": "vae-encoder, -vae-decoder",
-    "sdviz.models.unet": "unet",
-    "sdviz.models.common": "blocks",
-    "sdviz.models.attention": "blocks",
-    "sdviz.samplers": "sampler",
-}
-
 
 def rows_of(module: str) -> list[tuple[str, str]]:
     """(name, base class, or "()" for a function) of each class and public function a module defines."""
@@ -296,7 +275,7 @@ def rows_of(module: str) -> list[tuple[str, str]]:
 def overview(config: str = "sd15") -> Chart:
     cfg = get_config(config)
     index = runs.function_index()
-    recordings = [runs.merged(config, "pipeline"), runs.merged(config, "networks"), runs.sampler_recording(config)]
+    recordings = [runs.recording(config, sheet) for sheet in ("pipeline", "blocks", "sampler")]
     owner = lambda key: f"{index.by_key[key].module}.{index.by_key[key].qualname.split('.')[0]}"  # noqa: E731
     ran = {owner(k) for rec in recordings for k in rec.functions}
     calls = {(owner(a), owner(b)) for rec in recordings for (a, _, b) in rec.edges}
@@ -310,7 +289,8 @@ def overview(config: str = "sd15") -> Chart:
     port: dict[str, str] = {}  # class -> "file node:its row"
     for box, modules in files.items():
         title = box.replace(".", "/") + ("/" if len(modules) > 1 else ".py")
-        sheet = font(f"<BR/>sheet: flowchart-{SHEET_OF[box]}", 9) if box in SHEET_OF else ""
+        sheets = [sheet for sheet, modules in MODULES.items() if box in modules]
+        sheet = font(f"<BR/>sheet: flowchart-{', -'.join(sheets)}", 9) if sheets else ""
         rows = [f'<TR><TD ALIGN="LEFT" BGCOLOR="{STYLE["module"][0]}"><B>{esc(title)}</B>{sheet}</TD></TR>']
         for m in modules:
             for name, base in rows_of(m):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, partialmethod
 from types import FrameType
 
 import torch
@@ -56,8 +56,6 @@ def function_index() -> FunctionIndex:
 def network_run(name: str, part: str) -> tuple[Recording, Probe]:
     """One pass through a network on the meta device ("text-encoder", "vae-encoder", "vae-decoder", "unet"): the
     line tracer's recording and the shape probe's notes."""
-    if part not in NETWORK_PARTS:
-        raise ValueError(f"unknown network part {part!r}; known: {', '.join(NETWORK_PARTS)}")
     cfg, b = get_config(name), BATCH
     size, lat, length = cfg.image_size, cfg.latent_size, cfg.clip.max_length
     empty = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device="meta")  # noqa: E731
@@ -116,30 +114,20 @@ class StandIn(torch.nn.Module):
         super().__init__()
         self.config, self.log, self.network_class = cfg, log, type(meta_network(cfg))
 
-    def forward(self, *args):
-        return self.run("forward", args)
-
-    def encode(self, x):
-        return self.run("encode", (x,))
-
-    def decode(self, z):
-        return self.run("decode", (z,))
-
-    def run(self, method: str, args: tuple):
+    def run(self, method: str, *args):
         out = _output_shape(self.config, method, tuple((tuple(a.shape), a.dtype) for a in args))
         self.log.setdefault(f"{self.network_class.__name__}.{method}", []).append(Call(shape_of(args), out))
         return tuple(map(torch.zeros, out)) if isinstance(out[0], tuple) else torch.zeros(out)  # (mean, logvar)
 
-
-_STAND_IN = {StandIn.forward.__code__: "forward", StandIn.encode.__code__: "encode", StandIn.decode.__code__: "decode"}
+    forward, encode, decode = partialmethod(run, "forward"), partialmethod(run, "encode"), partialmethod(run, "decode")
 
 
 def _stand_in_proxy(frame: FrameType) -> Function | None:
-    """The network function a stand-in's method stands for (so that the call is drawn to the real one)."""
-    if frame.f_code not in _STAND_IN:
+    """The network function a stand-in's `run` stands for (so that the call is drawn to the real one)."""
+    if frame.f_code is not StandIn.run.__code__:
         return None
-    cls = frame.f_locals["self"].network_class
-    return function_index().by_key.get(f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}.{_STAND_IN[frame.f_code]}")
+    cls, method = frame.f_locals["self"].network_class, frame.f_locals["method"]
+    return function_index().by_key.get(f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}.{method}")
 
 
 @cache
@@ -149,8 +137,6 @@ def pipeline_run(name: str, mode: str) -> tuple[Recording, dict[str, list[Call]]
     from sdviz.pipeline import StableDiffusion
     from sdviz.weights import Models
 
-    if mode not in PIPELINE_MODES:
-        raise ValueError(f"unknown pipeline mode {mode!r}; known: {', '.join(PIPELINE_MODES)}")
     cfg, log = get_config(name), {}
     size = cfg.image_size
     pipe = StableDiffusion(Models(cfg, StandIn(cfg.clip, log), StandIn(cfg.vae, log), StandIn(cfg.unet, log)))
@@ -172,19 +158,17 @@ def pipeline_run(name: str, mode: str) -> tuple[Recording, dict[str, list[Call]]
 
 
 @cache
-def merged(name: str, runs: str) -> Recording:
-    """The three pipeline modes (runs="pipeline": every branch of `generate` a user can reach with these inputs), or
-    the four network passes (runs="networks": how the shared building blocks are used), as one recording."""
-    cfg = get_config(name)
-    if runs == "pipeline":
-        what = (
-            f"text-to-image, image-to-image and inpainting (strength {STRENGTH}); {BATCH} prompts, DDPM, {STEPS} steps"
-        )
-        recordings = [pipeline_run(name, mode)[0] for mode in PIPELINE_MODES]
-    else:
-        what = "one pass through each network (text encoder, VAE encoder, VAE decoder, UNet)"
-        recordings = [network_run(name, part)[0] for part in NETWORK_PARTS]
+def recording(name: str, sheet: str) -> Recording:
+    """The traced run a repository sheet draws: a network's pass, the samplers' loops, or one recording of several
+    runs: the three pipeline modes ("pipeline": every branch of `generate` a user can reach with these inputs) or the
+    four network passes ("blocks": how the shared building blocks are used)."""
+    if sheet in NETWORK_PARTS or sheet == "sampler":
+        return sampler_recording(name) if sheet == "sampler" else network_run(name, sheet)[0]
+    cfg, pipeline = get_config(name), sheet == "pipeline"
+    what = (f"text-to-image, image-to-image and inpainting (strength {STRENGTH}); {BATCH} prompts, DDPM, {STEPS} steps"
+            if pipeline else "one pass through each network (text encoder, VAE encoder, VAE decoder, UNet)")
     rec = Recording(f"{what}; {cfg.name} at {cfg.image_size}x{cfg.image_size}; networks on the meta device", BATCH)
-    for r in recordings:  # the pipeline's runs use the same objects: their instance counts do not add up
-        rec.merge(r, same_objects=runs == "pipeline")
+    run, items = (pipeline_run, PIPELINE_MODES) if pipeline else (network_run, NETWORK_PARTS)
+    for item in items:  # each pipeline run builds one pipeline: their object counts do not add up
+        rec.merge(run(name, item)[0], same_objects=pipeline)
     return rec

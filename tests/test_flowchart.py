@@ -18,7 +18,7 @@ import sdviz.flowchart as fc
 from sdviz.config import SD15
 from sdviz.flowchart import runs
 from sdviz.flowchart.repository import rows_of
-from sdviz.flowchart.source import model_modules
+from sdviz.flowchart.source import modules_in
 from sdviz.shapes import probe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def test_every_model_class_is_in_the_repository_flowchart(charts):
     """Every class defined in sdviz/models/ is a row of the overview, and is drawn on a component sheet."""
     overview = charts["flowchart-overview"].source
     sheets = "".join(charts[f"flowchart-{s}"].source for s in fc.SHEETS if s != "overview")
-    classes = [(m, name) for m in model_modules() for name, kind in rows_of(m) if kind != "()"]
+    classes = [(m, name) for m in modules_in("models") for name, kind in rows_of(m) if kind != "()"]
     assert len(classes) >= 20
     for module, cls in classes:
         assert re.search(rf'"{re.escape(module)}" \[label=<.*PORT="{cls}"', overview), f"{cls} is not on the overview"

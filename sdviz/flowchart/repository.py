@@ -33,7 +33,7 @@ from pathlib import Path
 from sdviz.config import get_config
 from sdviz.flowchart import graph, runs
 from sdviz.flowchart.graph import CALL_COLOR, STYLE, Chart, esc, font, left, styled, wrap
-from sdviz.flowchart.source import Function, Stmt, model_modules, sampler_modules
+from sdviz.flowchart.source import Function, Stmt, modules_in
 from sdviz.shapes import meta_network
 
 CODE_WIDTH = 46  # characters of code per line in a statement box
@@ -281,9 +281,8 @@ def overview(config: str = "sd15") -> Chart:
     calls = {(owner(a), owner(b)) for rec in recordings for (a, _, b) in rec.edges}
     networks = [meta_network(c) for c in (cfg.clip, cfg.vae, cfg.unet)]
     counts = Counter(f"{type(x).__module__}.{type(x).__name__}" for net in networks for x in net.modules())
-    files = {m: [m] for m in ["sdviz.pipeline", "sdviz.tokenizer", *model_modules()]} | {
-        "sdviz.samplers": sampler_modules()
-    }
+    files = {m: [m] for m in ["sdviz.pipeline", "sdviz.tokenizer", *modules_in("models")]}
+    files["sdviz.samplers"] = modules_in("samplers")
 
     g = graph.chart("flowchart-overview", rankdir="LR", nodesep="0.15", ranksep="0.6")
     port: dict[str, str] = {}  # class -> "file node:its row"

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from sdviz.config import get_config
-from sdviz.flowchart.source import Function, model_modules, sampler_modules
+from sdviz.flowchart.source import Function, modules_in
 from sdviz.flowchart.tracer import FunctionIndex, LineTracer, Recording
 from sdviz.shapes import Call, Probe, meta_network, probe, shape_of
 
@@ -49,7 +49,7 @@ def single_thread():
 
 @cache
 def function_index() -> FunctionIndex:
-    return FunctionIndex([*model_modules(), *sampler_modules(), "sdviz.pipeline", "sdviz.tokenizer"])
+    return FunctionIndex([*modules_in("models"), *modules_in("samplers"), "sdviz.pipeline", "sdviz.tokenizer"])
 
 
 @cache

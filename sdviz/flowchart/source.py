@@ -167,7 +167,9 @@ class _Builder:
             last = first.lineno - 1 if first.lineno > node.lineno else node.lineno
             code = self.code_of(node.lineno, last, first.col_offset if first.lineno == node.lineno else None)
             code = "el" + code if elif_ and code.startswith("if ") else code
-            exprs = _header_exprs(node)
+            # the expressions the header evaluates: an `if`'s or `while`'s test, a `for`'s iterable, a `with`'s items
+            exprs = [getattr(node, a) for a in ("test", "iter") if hasattr(node, a)]
+            exprs += [item.context_expr for item in getattr(node, "items", [])]
         else:
             code, exprs = self.code_of(node.lineno, last), [node]
         lines = list(range(node.lineno, last + 1))
@@ -179,15 +181,6 @@ class _Builder:
             if kind == "try":
                 s.orelse += [x for h in node.handlers for x in self.build(h.body)] + self.build(node.finalbody)
         return s
-
-
-def _header_exprs(node: ast.stmt) -> list[ast.expr]:
-    """The expressions a compound statement's header evaluates: an `if`'s test, a `for`'s iterable, ..."""
-    if isinstance(node, ast.For):
-        return [node.iter]
-    if isinstance(node, ast.With):
-        return [i.context_expr for i in node.items]
-    return [node.test] if isinstance(node, (ast.If, ast.While)) else []
 
 
 _META_ATTRS = {"device", "dtype", "shape", "ndim", "is_floating_point"}
@@ -232,11 +225,8 @@ def functions_of(module_name: str) -> tuple[Function, ...]:
     relpath = path.relative_to(PACKAGE_ROOT.parent).as_posix()
     b, out = _Builder(source), []
     for top in ast.parse(source).body:
-        items = [(top, None)] if isinstance(top, ast.FunctionDef) else []
-        items += (
-            [(n, top.name) for n in top.body if isinstance(n, ast.FunctionDef)] if isinstance(top, ast.ClassDef) else []
-        )
-        for fn, cls in items:
+        cls = top.name if isinstance(top, ast.ClassDef) else None
+        for fn in (n for n in (top.body if cls else [top]) if isinstance(n, ast.FunctionDef)):
             decorators = [d.attr if isinstance(d, ast.Attribute) else getattr(d, "id", "") for d in fn.decorator_list]
             if "property" in decorators or "setter" in decorators:
                 continue  # properties are attribute reads, not steps of the data path
@@ -247,10 +237,6 @@ def functions_of(module_name: str) -> tuple[Function, ...]:
     return tuple(out)
 
 
-def model_modules() -> list[str]:
-    """The modules of `sdviz/models/`, found on disk (a new file joins the flowchart without being listed here)."""
-    return sorted(f"sdviz.models.{p.stem}" for p in (PACKAGE_ROOT / "models").glob("*.py") if p.stem != "__init__")
-
-
-def sampler_modules() -> list[str]:
-    return sorted(f"sdviz.samplers.{p.stem}" for p in (PACKAGE_ROOT / "samplers").glob("*.py") if p.stem != "__init__")
+def modules_in(folder: str) -> list[str]:
+    """The modules of `sdviz/<folder>/`, found on disk (a new file joins the flowchart without being listed here)."""
+    return sorted(f"sdviz.{folder}.{p.stem}" for p in (PACKAGE_ROOT / folder).glob("*.py") if p.stem != "__init__")

@@ -108,7 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = False
     for path in a.paths or notebooks():
         cpu = kernel_cpu_seconds()
-        nb, seconds = execute(path, a.timeout)
+        try:
+            nb, seconds = execute(path, a.timeout)
+        except Exception as e:  # a cell that raised or timed out: say which, and go on with the next notebook
+            print(f"{path.name}: {type(e).__name__}: {str(e).strip().splitlines()[0]}", flush=True)
+            failed = True
+            continue
         cpu = kernel_cpu_seconds() - cpu
         found = problems(nb, path.name)
         trouble = f", {len(found)} problem(s)" if found else ""

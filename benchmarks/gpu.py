@@ -217,8 +217,14 @@ def diffusers_and_sdviz_unets(b: Bench) -> tuple[Any, UNet]:
     """diffusers' UNet with random weights and sdviz's UNet holding the very same tensors; (None, random sdviz UNet)
     when diffusers is not installed."""
     if importlib.util.find_spec("diffusers") is None:
+        say("diffusers eager", "diffusers not installed: skipped (sdviz alone, random weights)")
         return None, random_unet(b)
-    from reference import diffusers_unet
+    try:
+        import diffusers  # noqa: F401
+        from reference import diffusers_unet
+    except Exception as e:  # installed but not importable (a missing dependency of its own)
+        say("diffusers eager", f"diffusers not importable ({one_line(e)}): skipped (sdviz alone)")
+        return None, random_unet(b)
 
     torch.manual_seed(0)
     with torch.device(b.device):
@@ -286,9 +292,7 @@ def section_eager(b: Bench) -> None:
     x, t, ctx = b.unet_inputs()
     results: dict[str, dict[str, float]] = {}
     with torch.no_grad():
-        if ref is None:
-            say("diffusers eager", "diffusers not installed: skipped (sdviz alone, random weights)")
-        else:
+        if ref is not None:
             diff = (ours(x, t, ctx).float() - ref(x, t, ctx).sample.float()).abs().max().item()
             say("sdviz vs diffusers output", f"max abs difference {diff:.2e} ({str(b.dtype)[6:]}, same weights)")
         for layout in ("nchw", "channels_last"):
@@ -314,7 +318,7 @@ def section_eager(b: Bench) -> None:
         verdict = "met" if s <= d else "NOT met"
         b.summary["eager"] = f"sdviz {s:.2f} ms vs diffusers {d:.2f} ms per step (best layouts): {verdict}"
     else:
-        b.summary["eager"] = f"sdviz {s:.2f} ms per step; diffusers not installed"
+        b.summary["eager"] = f"sdviz {s:.2f} ms per step; no diffusers to compare with"
     ref = None  # free diffusers' copy of the module objects (the weights stay with sdviz's UNet)
     free()
     b.pipe = sdviz_pipeline(b, unet=b.unet)

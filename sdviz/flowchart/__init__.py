@@ -26,16 +26,15 @@ from pathlib import Path
 
 from sdviz.config import CONFIGS, get_config
 from sdviz.flowchart.architecture import DEPTHS, KINDS, architecture_diagram
-from sdviz.flowchart.graph import INSTALL_HINT, Chart, GraphvizMissing
+from sdviz.flowchart.graph import INSTALL_HINT, PNG_DPI, Chart, GraphvizMissing
 from sdviz.flowchart.repository import SHEETS, component_sheet, overview
 
 __all__ = ["DEPTHS", "KINDS", "SHEETS", "Chart", "GraphvizMissing", "architecture_diagram", "repository_flowchart"]
-__all__ += ["all_charts", "write_all", "main"]
+__all__ += ["PNG_DPI", "all_charts", "write_all", "main"]
 
 FORMATS = ("dot", "svg", "png", "pdf")
 # the architecture diagrams written by `write_all`: (kind, depth)
 ARCHITECTURE = (("txt2img", 1), ("txt2img", 2), ("img2img", 1), ("inpaint", 1), ("unet", 1), ("unet", 2), ("unet", 3))
-PNG_DPI = 110
 
 
 def repository_flowchart(sheet: str = "overview", config: str = "sd15") -> Chart:
@@ -53,47 +52,34 @@ def all_charts(config: str = "sd15") -> list[Chart]:
     return charts + [architecture_diagram(kind, depth, config) for kind, depth in ARCHITECTURE]
 
 
-def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+def write_all(out_dir: str | Path = "flowcharts", config: str = "sd15", formats=("dot", "svg", "png")) -> list[Path]:
+    """Write every chart to `out_dir` in each format; returns the paths written. The `.dot` files are written first,
+    and always: if Graphviz is missing, `GraphvizMissing` is raised after them (the DOT text is never lost)."""
     formats = tuple(f.strip().lower().lstrip(".") for f in formats if f.strip())
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"unknown format {', '.join(map(repr, unknown)) or '(none)'}; known: {', '.join(FORMATS)}")
-    return formats
-
-
-def write_all(out_dir: str | Path = "flowcharts", config: str = "sd15", formats=("dot", "svg", "png")) -> list[Path]:
-    """Write every chart to `out_dir` in each format; returns the paths written.
-
-    The `.dot` files are written first, and always: if Graphviz is missing, `GraphvizMissing` is raised after
-    them, so that the DOT text is never lost for want of a renderer.
-    """
-    formats = _check_formats(formats)
     charts = all_charts(config)
     written = [path for c in charts for path in c.write(out_dir, ("dot",))]
     rendered = [f for f in formats if f != "dot"]
     if rendered and shutil.which("dot") is None:
         raise GraphvizMissing(INSTALL_HINT)
-    return written + [path for c in charts for path in c.write(out_dir, rendered, dpi=PNG_DPI)]
+    return written + [path for c in charts for path in c.write(out_dir, rendered)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`sdviz flowchart`; returns the exit status (0 ok, 1 Graphviz missing, 2 bad arguments)."""
-    parser = argparse.ArgumentParser(
-        prog="sdviz flowchart",
-        description="Draw sdviz's repository flowchart and architecture diagrams from its code and a traced run.",
-    )
+    about = "Draw sdviz's repository flowchart and architecture diagrams from its code and a traced run."
+    parser = argparse.ArgumentParser(prog="sdviz flowchart", description=about)
     parser.add_argument("--config", default="sd15", help=f"model configuration: {', '.join(CONFIGS)} (default sd15)")
     parser.add_argument("--out", default="flowcharts", help="output folder (default flowcharts/)")
     parser.add_argument("--format", default="dot,svg,png", help=f"comma-separated, among {', '.join(FORMATS)}")
     args = parser.parse_args(argv)
-    try:
-        get_config(args.config)
-        formats = _check_formats(args.format.split(","))
+    try:  # a bad configuration or format fails before anything is drawn
+        written = write_all(args.out, args.config, args.format.split(","))
     except ValueError as e:
         print(f"sdviz flowchart: error: {e}", file=sys.stderr)
         return 2
-    try:
-        written = write_all(args.out, args.config, formats)
     except GraphvizMissing as e:
         print(f"sdviz flowchart: {e}; the .dot files were written to {args.out}", file=sys.stderr)
         return 1

@@ -29,26 +29,25 @@ from sdviz.config import get_config
 from sdviz.flowchart import runs
 from sdviz.flowchart.graph import CALL_COLOR, SHAPE_COLOR, Chart, chart, esc, font, styled, title_block
 from sdviz.flowchart.tracer import ShapeFormat
-from sdviz.shapes import Call, meta_network
+from sdviz.shapes import Call
 
 KINDS = ("txt2img", "img2img", "inpaint", "unet")
 DEPTHS = (1, 2, 3)
 SKIP = "#8E44AD"
-NETWORKS = {"text_encoder": "clip", "vae": "vae", "unet": "unet"}  # hook-point prefix -> field of the config
+
+
+LAYER_SIZES = {  # how a torch layer's size is written: Conv2d 4→320, 3×3; Linear 320→1280; ...
+    nn.Conv2d: lambda m: f"{m.in_channels}→{m.out_channels}, {m.kernel_size[0]}×{m.kernel_size[1]}"
+    + (f" /{m.stride[0]}" if m.stride[0] > 1 else ""),
+    nn.Linear: lambda m: f"{m.in_features}→{m.out_features}",
+    nn.GroupNorm: lambda m: f"{m.num_groups} groups",
+    nn.LayerNorm: lambda m: f"{m.normalized_shape[0]}",
+    nn.Embedding: lambda m: f"{m.num_embeddings}×{m.embedding_dim}",
+}
 
 
 def _params(m: nn.Module) -> str:
-    """A short description of a torch layer's size: Conv2d 4→320, 3×3; Linear 320→1280; ..."""
-    if isinstance(m, nn.Conv2d):
-        stride = f" /{m.stride[0]}" if m.stride[0] > 1 else ""
-        return f"{m.in_channels}→{m.out_channels}, {m.kernel_size[0]}×{m.kernel_size[1]}{stride}"
-    if isinstance(m, nn.Linear):
-        return f"{m.in_features}→{m.out_features}"
-    if isinstance(m, nn.GroupNorm):
-        return f"{m.num_groups} groups"
-    if isinstance(m, nn.LayerNorm):
-        return f"{m.normalized_shape[0]}"
-    return f"{m.num_embeddings}×{m.embedding_dim}" if isinstance(m, nn.Embedding) else ""
+    return next((size(m) for cls, size in LAYER_SIZES.items() if isinstance(m, cls)), "")
 
 
 @cache
@@ -103,15 +102,13 @@ class Diagram:
 
     def __init__(self, name: str, config: str, depth: int, title: str, about: str, guided: bool = False):
         self.cfg, self.depth, self.guided = get_config(config), depth, guided
-        self.modules = {  # every module of the three networks, by hook-point path ("unet.mid_block")
-            ".".join(x for x in (prefix, path) if x): m
-            for prefix, field_ in NETWORKS.items()
-            for path, m in meta_network(getattr(self.cfg, field_)).named_modules()
-        }
-        self.calls: dict[str, list[Call]] = {}  # module path -> its calls, in the order the modules started
-        for part in runs.NETWORK_PARTS:
-            for path, calls in runs.network_run(config, part)[1].calls.items():
-                self.calls.setdefault(path, calls)
+        probes = [runs.network_run(config, part)[1] for part in runs.NETWORK_PARTS]
+        # every module of the three networks by hook-point path ("unet.mid_block"), and its calls in the order they ran
+        named = ((".".join(filter(None, (p.name, path))), m) for p in probes for path, m in p.network.named_modules())
+        self.modules = dict(named)
+        self.calls: dict[str, list[Call]] = {}
+        for p in probes:
+            self.calls |= {path: calls for path, calls in p.calls.items() if path not in self.calls}
         self.order = {path: i for i, path in enumerate(self.calls)}
         self.fmt, self.node_of, self.count = ShapeFormat(runs.BATCH), {}, 0
         self.g = chart(name, nodesep="0.25", ranksep="0.3")
@@ -135,8 +132,10 @@ class Diagram:
         """(B, 320, 64, 64) -> 320 @ 64×64."""
         return f"{shape[1]} @ {shape[2]}×{shape[3]}" if len(shape) == 4 else self.shape(shape)
 
-    def node(self, kind: str, title: str, detail: str = "", shape: str = "") -> str:
+    def node(self, kind: str, title: str, detail: str = "", shape: str = "", paths=()) -> str:
+        """A node; `paths`: the modules it draws (skip connections find them there, see `drawn_at`)."""
         self.count += 1
+        self.node_of.update(dict.fromkeys(paths, f"{kind}{self.count}"))
         label = f"<B>{esc(title)}</B>" + "".join(f"<BR/>{font(esc(line), 9)}" for line in detail.splitlines())
         label += f"<BR/>{font(f'<I>{esc(shape)}</I>', color=SHAPE_COLOR)}" if shape else ""
         style = {"data": "filled", "module": "filled,bold"}.get(kind, "filled,rounded")
@@ -195,8 +194,7 @@ class Diagram:
             detail = cls + "\n" + ", ".join(f"{c} ×{n}" if n > 1 else c for c, n in inner.items())
             shape = f"{self.channels(part.shape_in)} → {self.channels(part.shape_out)}"
         kind = "module" if level == 1 else "block" if level == 2 else "layer"
-        part.first = part.last = self.node(kind, part.name, detail if detail != part.name else "", shape)
-        self.node_of.update(dict.fromkeys(part.paths, part.first))
+        part.first = part.last = self.node(kind, part.name, detail if detail != part.name else "", shape, part.paths)
         return part.first, part.last
 
     def chain(self, parts: list[Part], level: int, upward: bool = False) -> tuple[str, str]:
@@ -212,10 +210,10 @@ class Diagram:
                 self.edge(last, plus, prev.shape_out, k.path)
                 self.edge(b, plus, k.shape_out, k.path)
                 b = plus
+            elif prev and upward:  # drawn from the later part back to the earlier one, so that the chain rises
+                self.edge(a, last, k.shape_in, k.path, dir="back")
             elif prev:
-                self.edge(
-                    *((a, last) if upward else (last, a)), k.shape_in, k.path, **({"dir": "back"} if upward else {})
-                )
+                self.edge(last, a, k.shape_in, k.path)
             first, last = (first if i else a), b
         return first, last
 
@@ -225,8 +223,7 @@ class Diagram:
         group.paths = [p for part in parts for p in part.paths]
         inner = ", ".join(f"{c} ×{n}" for c, n in Counter(type(p.module).__name__ for p in parts).items())
         channels = f"{self.channels(group.shape_in)} → {self.channels(group.shape_out)}"
-        group.first = group.last = self.node("block", f"{len(parts)} {what}", inner, channels)
-        self.node_of.update(dict.fromkeys(group.paths, group.first))
+        group.first = group.last = self.node("block", f"{len(parts)} {what}", inner, channels, group.paths)
         return group
 
     def skips(self) -> None:
@@ -254,12 +251,10 @@ class Diagram:
         cluster of its parts. Returns its first and last node and its cluster (for edges that end at its border)."""
         if self.depth == 1:
             m = next(self.modules[p] for p in paths if self.children(p))  # the network, not its 1x1 convolution
-            nid = self.node("module", title, f"{type(m).__name__}  ({type(m).__module__.replace('.', '/')}.py)")
-            self.node_of.update(dict.fromkeys(paths, nid))
+            nid = self.node("module", title, f"{type(m).__name__}  ({m.__module__.replace('.', '/')}.py)", paths=paths)
             return nid, nid, None
-        with self.cluster(
-            paths[0], f"<<B>{esc(title)}</B>>", **styled("module", style="rounded,filled", fontsize="13")
-        ):
+        box = styled("module", style="rounded,filled", fontsize="13")
+        with self.cluster(paths[0], f"<<B>{esc(title)}</B>>", **box):
             first, last = self.chain([k for p in paths for k in (self.children(p) or [self.part(p)])], 2)
         if "unet" in paths:
             self.skips()
@@ -334,13 +329,8 @@ def _pipeline(kind: str, depth: int, config: str) -> Chart:
     unscale = dg.node("op", f"÷ {scale}" if scale != 1 else "latents", "x_0")
     v_first, v_last, _ = dg.network(["vae.post_quant_conv", "vae.decoder"], "VAE decoder")
     out = dg.node("data", "image", shape=S(dec.output))
-    edges += [
-        (start, x_t, lat),
-        (nxt, unscale, lat),
-        (unscale, v_first, S(dec.inputs[0])),
-        (v_last, out, S(dec.output)),
-    ]
-    for a, b, shape in edges:
+    edges += [(start, x_t, lat), (nxt, unscale, lat), (unscale, v_first, S(dec.inputs[0]))]
+    for a, b, shape in edges + [(v_last, out, S(dec.output))]:
         dg.edge(a, b, shape)
     return dg.g
 
@@ -379,10 +369,9 @@ def _unet(depth: int, config: str) -> Chart:
     for side in (t_emb, ctx):  # into the whole UNet, not into one of its blocks
         dg.edge(side, m_first, style="dotted", lhead="cluster_unet", constraint="false")
     dg.skips()
-    same = [(x_in, eps), (down[0].first, up[-1].last)] + [
-        (a.first, b.last) for a, b in zip(down[1:], up[-3::-1], strict=True)
-    ]
-    for a, b in same:  # each level of the down path beside its mirror on the up path, down on the left
+    # each level of the down path beside its mirror on the up path, down on the left
+    same = [(x_in, eps), (down[0].first, up[-1].last)]
+    for a, b in same + [(a.first, b.last) for a, b in zip(down[1:], up[-3::-1], strict=True)]:
         with dg.g.subgraph() as s:
             s.attr(rank="same")
             s.edge(a, b, style="invis")

@@ -30,6 +30,8 @@ class GraphvizMissing(RuntimeError):
 FONT, MONO = "DejaVu Sans", "DejaVu Sans Mono"
 SHAPE_COLOR = "#17365D"  # tensor shapes, in bold italics
 CALL_COLOR = "#1F618D"  # call edges
+PNG_DPI = 110  # resolution of the PNG files
+CALL = dict(color=CALL_COLOR, penwidth="1.1", arrowhead="vee")  # a call edge's attributes
 STYLE = {  # kind of node: fill, line, and in the legend: a sample, what it means
     "header": ("#FFE45C", "#9A7D0A", "Class.method(args)", "a function: file, objects, calls"),  # yellow hexagon
     "stmt": ("#FFFFFF", "#555555", "x = f(x)  (B, C) → (B, 2C)", "a statement and the shapes it produced"),
@@ -49,7 +51,7 @@ STYLE = {  # kind of node: fill, line, and in the legend: a sample, what it mean
 
 def styled(kind: str, **attrs) -> dict:
     """Graphviz attributes in the colours of a kind of node: styled("cond", shape="diamond")."""
-    return dict(fillcolor=STYLE[kind][0], color=STYLE[kind][1], **attrs)
+    return {"fillcolor": STYLE[kind][0], "color": STYLE[kind][1]} | attrs
 
 
 def esc(text: str) -> str:
@@ -103,17 +105,12 @@ class Chart(graphviz.Digraph):
 
     def picture(self, fmt: str = "svg", dpi: int | None = None) -> bytes:
         """The chart drawn by Graphviz's `dot` in format `fmt` ("svg", "png", "pdf", ...)."""
-        graph = self
-        if dpi:
-            graph = self.copy()
-            graph.graph_attr["dpi"] = str(dpi)
+        graph = self.copy()
+        graph.graph_attr |= {"dpi": str(dpi)} if dpi else {}
         try:
             return graph.pipe(format=fmt)
         except graphviz.ExecutableNotFound:
             raise GraphvizMissing(INSTALL_HINT) from None
-        except graphviz.CalledProcessError as e:
-            err = (e.stderr or b"").decode("utf-8", "replace").strip().splitlines()
-            raise RuntimeError(f"dot failed on {self.name}: {err[-1] if err else e.returncode}") from None
 
     def _repr_svg_(self) -> str:
         svg = self.picture("svg").decode("utf-8")
@@ -122,7 +119,7 @@ class Chart(graphviz.Digraph):
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict:
         return {"image/svg+xml": self._repr_svg_()}
 
-    def write(self, directory: str | Path, formats=("dot", "svg", "png"), dpi: int = 110) -> list[Path]:
+    def write(self, directory: str | Path, formats=("dot", "svg", "png"), dpi: int = PNG_DPI) -> list[Path]:
         """Write `<directory>/<name>.<format>` for each format; returns the paths. DOT needs no Graphviz."""
         Path(directory).mkdir(parents=True, exist_ok=True)
         paths = [Path(directory) / f"{self.name}.{fmt}" for fmt in formats]

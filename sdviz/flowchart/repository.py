@@ -28,6 +28,7 @@ import importlib
 import re
 from collections import Counter
 from contextlib import nullcontext
+from itertools import takewhile
 from pathlib import Path
 
 from sdviz.config import get_config
@@ -55,8 +56,8 @@ SHEETS = {  # name (file flowchart-<name>): title, what it shows
 }
 MODULES = {  # the modules whose functions a sheet draws statement by statement
     "pipeline": ("sdviz.pipeline",), "text-encoder": ("sdviz.models.clip",), "vae-encoder": ("sdviz.models.vae",),
-    "vae-decoder": ("sdviz.models.vae",), "unet": ("sdviz.models.unet",), "sampler": ("sdviz.samplers",),
-    "blocks": ("sdviz.models.common", "sdviz.models.attention"),
+    "vae-decoder": ("sdviz.models.vae",), "unet": ("sdviz.models.unet",),
+    "blocks": ("sdviz.models.common", "sdviz.models.attention"), "sampler": ("sdviz.samplers",),
 }
 
 
@@ -115,24 +116,20 @@ class SheetDrawer:
             columns += [(_id(column[0], "h"), self.last[column[-1].key])] if column else []
         for (_, bottom), (top, _) in zip(columns, columns[COLUMNS:], strict=False):  # rows of at most COLUMNS
             g.edge(bottom, top, style="invis")
-        for fn in self.modules:
+        for fn in self.modules:  # drawn on another sheet, or not at all: one green box
             self.used.add("module")
-            label = self.header(fn, module=True)
-            g.node(_id(fn, "h"), label=label, **styled("module", style="filled,bold", fontsize="11"))
+            g.node(_id(fn, "h"), label=self.header(fn, True), **styled("module", style="filled,bold", fontsize="11"))
         placed = set(entries)  # a function hangs below the first statement that calls it; other calls just point
         for caller, index, callee in self.edges:
             tie = "false" if callee in placed else "true"
             placed.add(callee)
-            attrs = dict(color=CALL_COLOR, penwidth="1.1", arrowhead="vee", constraint=tie)
-            g.edge(self.stmt_node[(caller, index)], _id(self.index.by_key[callee], "h"), **attrs)
+            g.edge(self.stmt_node[(caller, index)], _id(self.index.by_key[callee], "h"), **graph.CALL, constraint=tie)
         cfg = get_config(self.config)
         note = (
             f"drawn by sdviz from its source and a traced run: {self.rec.description}. B = batch size (traced with "
             f"B = {self.rec.batch}); config {cfg.name}, {cfg.image_size}x{cfg.image_size} images."
         )
-        legend = [
-            STYLE[k] for k in ("header", "stmt", "return", "cond", "guard", "loop", "module", "call") if k in self.used
-        ]
+        legend = [style for kind, style in STYLE.items() if kind in self.used]
         g.attr(label=graph.title_block(*SHEETS[self.sheet], note, legend))
         return g
 
@@ -162,15 +159,20 @@ class SheetDrawer:
             self.last[fn.key] = _id(fn, "h")
             self.block(c, fn, fn.body, [(_id(fn, "h"), None)])
 
-    def link(self, g: Chart, fn: Function, preds: list[tuple[str, str | None]], node: str) -> list:
-        """Flow edges from the open ends `preds` ((node, label) pairs) to `node`; returns `node` as the open end."""
-        for p, label in preds:
-            grey = dict(style="dashed", color="#AAAAAA", fontcolor="#888888") if "never" in (label or "") else {}
-            g.edge(p, node, label=label, weight="8", **grey)
-        self.last[fn.key] = node
-        return [(node, None)]
+    def node(self, g: Chart, fn: Function, stmts: list[Stmt], kind: str, label: str, preds: list, suffix="", **attrs):
+        """The node of `stmts` (one statement, or several drawn as one: checks, a one-line loop), with flow edges from
+        the open ends `preds` ((node, edge label) pairs); returns the node as the new open end."""
+        nid = _id(fn, f"{stmts[0].index}{suffix}")
+        self.used.add(kind)
+        g.node(nid, label=label, **styled(kind, **attrs))
+        self.stmt_node.update({(fn.key, x.index): nid for s in stmts for x in s.walk()})  # its body may come next
+        for p, text in preds:
+            grey = dict(style="dashed", color="#AAAAAA", fontcolor="#888888") if "never" in (text or "") else {}
+            g.edge(p, nid, label=text, weight="8", **grey)
+        self.last[fn.key] = nid
+        return [(nid, None)]
 
-    def statement(self, g: Chart, fn: Function, s: Stmt, kind: str, code: list[str], srec, badge: str = "") -> str:
+    def statement(self, g: Chart, fn: Function, s: Stmt, kind: str, code: list[str], srec, preds, badge="") -> list:
         """A statement's box: its code, the shapes it produced, its comments; dashed and grey if it never ran."""
         calls = self.rec.functions[fn.key].calls
         notes = s.notes + (s.body[0].notes if kind == "loop" and len(s.body) == 1 else [])
@@ -190,42 +192,30 @@ class SheetDrawer:
         color = graph.SHAPE_COLOR if ran else "#888888"
         label += "".join(font(f"<B><I>{esc(x)}</I></B>", 10, color) + BR for x in shapes)
         label += "".join(font(esc(x), 9, "#707070") + BR for x in extra)
-        self.used.add(kind)
-        attrs = styled(kind, **({"style": "filled,rounded"} if kind == "loop" else {}))
+        attrs = {"style": "filled,rounded"} if kind == "loop" else {}
         attrs |= {} if ran else dict(style="filled,dashed", fontcolor="#888888", color="#AAAAAA")
-        g.node(_id(fn, s.index), label=f"<{label}>", **attrs)
-        self.stmt_node[(fn.key, s.index)] = _id(fn, s.index)
-        return _id(fn, s.index)
+        return self.node(g, fn, [s], kind, f"<{label}>", preds, **attrs)
 
     def block(self, g: Chart, fn: Function, stmts: list[Stmt], preds: list[tuple[str, str | None]]) -> list:
         """Draw statements as a chain from the open ends `preds`; returns the chain's open ends."""
-        frec, i = self.rec.functions[fn.key], 0
-        while i < len(stmts):
-            s = stmts[i]
+        frec = self.rec.functions[fn.key]
+        for i, s in enumerate(stmts):
             srec = frec.stmts.get(s.index)
+            if s.is_guard and i and stmts[i - 1].is_guard:
+                continue  # drawn in the box of the checks before it
             if s.is_guard:  # consecutive `if bad: raise` checks: one pink box
-                group = [s]
-                while i + 1 < len(stmts) and stmts[i + 1].is_guard:
-                    i += 1
-                    group.append(stmts[i])
+                group = list(takewhile(lambda x: x.is_guard, stmts[i:]))
                 exc = re.match(r"raise (\w+)", s.body[0].code)
                 head = f"{len(group)} argument check{'s' if len(group) > 1 else ''}"
                 head += f": raise {exc.group(1)} if" if exc else ""
                 lines = [x for c in group for x in wrap("? " + c.code[3:].rstrip(":"), CODE_WIDTH, 2, "    ")]
-                self.used.add("guard")
                 label = f"<<B>{esc(head)}</B><BR/>{font(left(lines), 9, face=graph.MONO)}>"
-                g.node(_id(fn, f"{s.index}g"), label=label, **styled("guard", style="filled,rounded"))
-                self.stmt_node.update({(fn.key, x.index): _id(fn, f"{s.index}g") for c in group for x in c.walk()})
-                preds = self.link(g, fn, preds, _id(fn, f"{s.index}g"))
+                preds = self.node(g, fn, group, "guard", label, preds, "g", style="filled,rounded")
             elif s.kind == "if":
                 label = f"<{font(left(wrap(s.code, 30, 4, ' ')), face=graph.MONO)}>"
-                g.node(_id(fn, s.index), label=label, **styled("cond", shape="diamond", margin="0.02,0.02"))
-                self.used.add("cond")
-                self.stmt_node[(fn.key, s.index)] = _id(fn, s.index)
-                self.link(g, fn, preds, _id(fn, s.index))
+                self.node(g, fn, [s], "cond", label, preds, shape="diamond", margin="0.02,0.02")
                 yes, no = (srec.yes, srec.no) if srec else (0, 0)
-                ends = [(_id(fn, s.index), f"yes ×{yes}" if yes else "yes (never)")]
-                ends.append((_id(fn, s.index), f"no ×{no}" if no else "no (never)"))
+                ends = [(_id(fn, s.index), f"{w} ×{n}" if n else f"{w} (never)") for w, n in (("yes", yes), ("no", no))]
                 body = self.block(g, fn, s.body, ends[:1])
                 preds = body + (self.block(g, fn, s.orelse, ends[1:]) if s.orelse else ends[1:])
             elif s.kind in ("for", "while"):
@@ -233,32 +223,28 @@ class SheetDrawer:
                 badge = f"×{first.max_per_call if first else 0}" if srec else ""
                 if len(s.body) == 1 and s.body[0].kind == "simple" and not s.orelse:  # a one-line loop: one box
                     code = wrap(s.code, CODE_WIDTH) + ["    " + x for x in wrap(s.body[0].code, CODE_WIDTH - 4)]
-                    nid = self.statement(g, fn, s, "loop", code, frec.stmts.get(s.body[0].index), badge)
-                    self.stmt_node[(fn.key, s.body[0].index)] = nid
-                    preds = self.link(g, fn, preds, nid)
+                    preds = self.statement(g, fn, s, "loop", code, first, preds, badge)
                 else:
-                    nid = self.statement(g, fn, s, "loop", wrap(s.code, CODE_WIDTH), srec, badge)
-                    body = self.block(g, fn, s.body, self.link(g, fn, preds, nid))
-                    for p, _ in body:
-                        g.edge(p, nid, style="dashed", color=STYLE["loop"][1], constraint="false", arrowhead="vee")
-                    preds = body or [(nid, None)]  # the way out leaves from the body's end: one column
+                    loop = self.statement(g, fn, s, "loop", wrap(s.code, CODE_WIDTH), srec, preds, badge)
+                    body = self.block(g, fn, s.body, loop)
+                    back = dict(style="dashed", color=STYLE["loop"][1], constraint="false", arrowhead="vee")
+                    for p, _ in body:  # back to the loop's head: the next iteration
+                        g.edge(p, loop[0][0], **back)
+                    preds = body or loop  # the way out leaves from the body's end: one column
             else:
                 kind = "return" if s.kind in ("return", "raise") else "stmt"
-                preds = self.link(g, fn, preds, self.statement(g, fn, s, kind, wrap(s.code, CODE_WIDTH), srec))
+                preds = self.statement(g, fn, s, kind, wrap(s.code, CODE_WIDTH), srec, preds)
                 preds = [] if s.kind in ("return", "raise") else preds
                 preds = self.block(g, fn, s.body + s.orelse, preds) if s.kind in ("with", "try") else preds
-            i += 1
         return preds
 
 
 def component_sheet(name: str, config: str = "sd15") -> Chart:
     """One component sheet; functions drawn on another sheet are named there by the sheet that draws them."""
-    owners: dict[str, str] = {}
-    for sheet in SHEETS:
-        if sheet != "overview":
-            for key in runs.recording(config, sheet).expanded:
-                if draws(sheet, runs.function_index().by_key[key]):
-                    owners.setdefault(key, sheet)
+    index, owners = runs.function_index(), {}  # owners: function key -> the first sheet that draws it
+    for sheet in MODULES:
+        drawn = [key for key in runs.recording(config, sheet).expanded if draws(sheet, index.by_key[key])]
+        owners |= {key: sheet for key in drawn if key not in owners}
     return SheetDrawer(name, config, owners).draw()
 
 
@@ -307,7 +293,7 @@ def overview(config: str = "sd15") -> Chart:
         s.edge("sdviz.models.attention", "sdviz.samplers", style="invis")
     for a, b in sorted(calls):
         if a in port and b in port and port[a].split(":")[0] != port[b].split(":")[0]:
-            g.edge(port[a], port[b], color=CALL_COLOR, penwidth="1.1", arrowhead="vee")
+            g.edge(port[a], port[b], **graph.CALL)
     note = (
         "drawn by sdviz from its source (ast) and traced runs; ×N: objects of that class in one "
         f"{cfg.name} model; each file's code is drawn statement by statement on the sheet it names"

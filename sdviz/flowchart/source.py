@@ -41,6 +41,7 @@ class Stmt:
     notes: list[str]  # comments on the statement's own lines and the comment block just above it
     lines: list[int]  # source lines whose line events belong to this statement
     loads: list[str]  # names read by the statement's own expressions (its inputs)
+    target: ast.expr | None  # what holds its output: an assignment's (first) target, a `for`'s loop variable
     body: list[Stmt] = field(default_factory=list)
     orelse: list[Stmt] = field(default_factory=list)
 
@@ -82,10 +83,6 @@ class Function:
         """Unique and stable: `unet.MidBlock.forward` differs from `vae.MidBlock.forward`."""
         return f"{self.module.rsplit('.', 1)[-1]}.{self.qualname}"
 
-    def statements(self):
-        for s in self.body:
-            yield from s.walk()
-
     @property
     def params(self) -> list[str]:
         a = self.node.args
@@ -126,11 +123,8 @@ class _Builder:
 
     def __init__(self, source: str):
         self.lines = source.splitlines()
-        self.comments = {  # line -> (column, text) of every comment
-            t.start[0]: (t.start[1], t.string)
-            for t in tokenize.generate_tokens(io.StringIO(source).readline)
-            if t.type == tokenize.COMMENT
-        }
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)  # below: line -> (column, text) of a comment
+        self.comments = {t.start[0]: (t.start[1], t.string) for t in tokens if t.type == tokenize.COMMENT}
         self.counter = 0
 
     def code_of(self, first: int, last: int, end_col: int | None = None) -> str:
@@ -147,9 +141,8 @@ class _Builder:
         while ln >= 1 and self.lines[ln - 1].strip().startswith("#"):
             above.insert(0, self.lines[ln - 1].strip().lstrip("#").strip())
             ln -= 1
-        raw = ([" ".join(above)] if above else []) + [
-            self.comments[n][1] for n in range(first, last + 1) if n in self.comments
-        ]
+        raw = [" ".join(above)] if above else []
+        raw += [self.comments[n][1] for n in range(first, last + 1) if n in self.comments]
         return [n for n in map(clean_comment, raw) if n]
 
     def build(self, stmts: list[ast.stmt], elif_: bool = False) -> list[Stmt]:
@@ -173,7 +166,8 @@ class _Builder:
         else:
             code, exprs = self.code_of(node.lineno, last), [node]
         lines = list(range(node.lineno, last + 1))
-        s = Stmt(index, kind, node, code, self.notes_of(node.lineno, last), lines, _loads(exprs, node))
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        s = Stmt(index, kind, node, code, self.notes_of(node.lineno, last), lines, _loads(exprs, node), target)
         if compound:
             s.body = self.build(node.body)
             orelse = getattr(node, "orelse", [])
@@ -189,18 +183,11 @@ _META_ATTRS = {"device", "dtype", "shape", "ndim", "is_floating_point"}
 def _loads(exprs: list[ast.AST], node: ast.stmt) -> list[str]:
     """Names a statement reads, in order, except those only asked for their device, dtype or shape (`x.device`
     does not make x an input). `b, c, h, w = x.shape` keeps x: unpacking a shape is what it is about."""
-    unpacks_shape = (
-        isinstance(node, ast.Assign) and isinstance(node.value, ast.Attribute) and node.value.attr == "shape"
-    )
+    unpacks_shape = isinstance(node, ast.Assign) and getattr(node.value, "attr", None) == "shape"
     meta = lambda n: isinstance(n, ast.Attribute) and n.attr in _META_ATTRS and isinstance(n.value, ast.Name)  # noqa: E731
     skip = set() if unpacks_shape else {id(n.value) for e in exprs for n in ast.walk(e) if meta(n)}
-    names = [
-        n.id
-        for e in exprs
-        for n in ast.walk(e)
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and id(n) not in skip
-    ]
-    return list(dict.fromkeys(names))
+    loads = [n for e in exprs for n in ast.walk(e) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    return list(dict.fromkeys(n.id for n in loads if id(n) not in skip))
 
 
 _ABBREVIATIONS = ("et al.", "e.g.", "i.e.", "eq.", "eqs.", "Fig.", "cf.", "vs.")

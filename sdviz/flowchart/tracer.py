@@ -197,7 +197,8 @@ class LineTracer:
         if fn.key not in rec.expanded:
             rec.expanded.append(fn.key)
         if fn.key not in self._lines:
-            self._lines[fn.key] = {ln: s for s in reversed(list(fn.statements())) for ln in s.lines}
+            statements = [x for s in fn.body for x in s.walk()]
+            self._lines[fn.key] = {ln: s for s in reversed(statements) for ln in s.lines}
         self._active[frame] = _Frame(fn, frec)
         return self._local
 
@@ -219,7 +220,7 @@ class LineTracer:
         st.current = s
         st.counts[s.index] += 1
         st.record.stmts.setdefault(s.index, StmtRecord()).count += 1
-        targets = {n.id for t in _targets_of(s.node) for n in ast.walk(t) if isinstance(n, ast.Name)}
+        targets = {n.id for n in ast.walk(s.target) if isinstance(n, ast.Name)} if s.target else ()
         ins: list[str] = []
         for name in sorted(s.loads, key=lambda n: n not in targets):  # x = f(x, ...): x first
             v = local.get(name)
@@ -240,10 +241,8 @@ class LineTracer:
         out = None
         if s.kind == "return" and returned is not _MISSING:
             out = self.fmt.value(returned)
-        elif s.kind == "for":
-            out = self._describe(s.node.target, local, tensors_only=True)
-        elif s.kind == "simple" and _targets_of(s.node):
-            out = self._describe(_targets_of(s.node)[0], local)
+        elif s.target is not None:
+            out = self._describe(s.target, local, tensors_only=s.kind == "for")
         if out and st.inputs and not any(c in out for c in "([") and "scalar" not in out:
             out = None  # `b, c, h, w = x.shape`: the input's shape already says it
         text = " -> ".join(x for x in (st.inputs, out) if x)
@@ -257,12 +256,6 @@ class LineTracer:
         if value is _MISSING or (tensors_only and not isinstance(value, (torch.Tensor, list, tuple))):
             return None
         return self.fmt.value(value)
-
-
-def _targets_of(node: ast.stmt) -> list[ast.expr]:
-    if isinstance(node, ast.Assign):
-        return node.targets[:1]
-    return [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
 
 
 def _resolve(node: ast.expr, local: dict):

@@ -2,9 +2,12 @@
 
     sdviz figures [--out readme-images/] [--weights PATH] [--steps 50]
 
-One generation of the embedded model, traced with every step kept, gives the attention figures and the denoising
-strip; the noise schedule and the time embedding need no generation. Everything is seeded and the pictures are
-written without a timestamp or version stamp, so the same code and weights give the same PNG bytes.
+At least one figure per section of the seed document (the README's teaching path, the notebooks' lessons). One
+generation of the embedded model (the headline prompt and seed), traced with its per-step attention maps, group-norm
+statistics, latents and their VAE decodes, gives the attention, group-norm, denoising and guidance figures; the
+lessons' figures (`sdviz.viz.lessons`) run their own small computations; the noise schedule and the time embedding
+need no generation. Everything is seeded and the pictures are written without a timestamp or version stamp, so the
+same code and weights give the same pictures (up to CPU rounding: `tests/pictures.py`).
 """
 
 from __future__ import annotations
@@ -15,31 +18,95 @@ from pathlib import Path
 from typing import Any
 
 PROMPT = "a large red circle above a small blue square"
-IMG2IMG_PROMPT = "a large green triangle above a small yellow circle"
-SEED = 1
+# image-to-image from the headline picture: another colour (a little noise is enough) and another shape (it takes
+# most of the steps; at strength 1 nothing of the input is left, not even the layout)
+IMG2IMG_PROMPTS = ("a large green circle above a small blue square", "a large red triangle above a small blue square")
+IMG2IMG_CFG = 3.0  # at cfg 5 the prompt wins at lower strengths; at 3 the sweep shows the steps in between
+# the mask covers the square; the prompt says what to draw there (with the whole scene's words, "a large red circle
+# above ...", the embedded model paints the hole red: the circle's words win)
+INPAINT_PROMPTS = (
+    "a small yellow square at the bottom",
+    "a small green triangle at the bottom",
+    "a small cyan circle at the bottom",
+)
+# The headline seed: the judge (sdviz.toy.judge) finds exactly one large red circle above one small blue square and
+# nothing else (seeds 0, 4, 11, 13, 18 and 21 of 0-23 are right; seed 1, the earlier choice, drew two blue squares).
+SEED = 13
 SETTINGS = {"steps": 50, "cfg_scale": 5.0, "sampler": "ddim"}  # the embedded model's evaluation settings
+
+
+# a 16x16 layer (its self-attention is almost uniform in the embedded model) and an 8x8 one that looks at objects
+SELF_ATTENTION_LAYERS = (
+    "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+    "unet.up_blocks.0.attentions.1.transformer_blocks.0.attn1",
+)
+
+
+def _blob_box(picture: Any, colour: str) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the pixels of `colour` in a picture of the shapes world, or None."""
+    import numpy as np
+
+    from sdviz.toy.judge import segment
+
+    ys, xs = np.nonzero(segment(picture, colour))
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else None
+
+
+def self_attention_pixels(picture: Any) -> list[tuple[float, float]]:
+    """Query pixels for the self-attention figure, as (y, x) fractions: the red object's centre, the blue object's
+    centre, and a background corner."""
+    h, w = picture.size[1], picture.size[0]
+    out = []
+    for colour in ("red", "blue"):
+        box = _blob_box(picture, colour)
+        if box is not None:
+            out.append((((box[1] + box[3]) / 2) / h, ((box[0] + box[2]) / 2) / w))
+    return out + [(0.1, 0.1)]
+
+
+def square_mask(picture: Any, colour: str = "blue", margin: int = 6) -> Any:
+    """An inpainting mask: the box around the `colour` object (the headline's small square), `margin` pixels wider
+    on every side, white on black."""
+    from sdviz.viz.lessons import box_mask
+
+    x0, y0, x1, y1 = _blob_box(picture, colour) or (20, 36, 44, 60)
+    size = picture.size[0]
+    return box_mask(size, (max(0, x0 - margin), max(0, y0 - margin), min(size, x1 + margin), min(size, y1 + margin)))
 
 
 def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int = SETTINGS["steps"]) -> dict[str, Any]:
     """The README figures as {file name: matplotlib Figure}, for `pipe` (default: the embedded model)."""
     from sdviz.pipeline import load_pipeline
     from sdviz.tracing import trace
-    from sdviz.viz import plots
+    from sdviz.viz import lessons, plots
 
     pipe = load_pipeline() if pipe is None else pipe
     settings = {**SETTINGS, "steps": steps}
-    with trace(pipe, keep=["step"]) as tr:
+    record = ["cross_attention", "self_attention", "groupnorm", "time_embedding", "latents"]
+    keep = {"cross_attention": ["step"]}  # per-step word maps; self-attention summed over the steps
+    with trace(pipe, record=record, keep=keep, decode=True) as tr:
         picture = pipe.generate(prompt, seed=seed, progress=False, **settings).image
     sampling = {k: v for k, v in settings.items() if k != "cfg_scale"}
+    strength = {**settings, "cfg_scale": IMG2IMG_CFG}
     return {
+        # the course, in the order of the seed document's sections (see the README's teaching path)
+        "data_distribution.png": lessons.data_distribution_figure(pipe),
+        "forward_process.png": lessons.forward_process_figure(pipe, picture),
+        "denoising_strip.png": plots.denoising_strip(tr),
+        "training_step.png": lessons.training_step_figure(pipe),
+        "classifier_guidance.png": lessons.classifier_guidance_figure(pipe),
+        "guidance_internals.png": plots.guidance_internals(tr, pipe),
         "guidance.png": plots.guidance_figure(pipe, prompt, seed=seed, **sampling),
-        "img2img_strength.png": plots.strength_figure(pipe, picture, IMG2IMG_PROMPT, seed=seed, **settings),
-        "noise_schedule.png": plots.noise_schedule_figure(pipe, tr.timesteps),
-        "time_embedding.png": plots.time_embedding_figure(pipe),
+        "norm_axes.png": lessons.norm_axes_figure(pipe),
+        "groupnorm.png": plots.groupnorm_figure(tr),
         "attention_words.png": plots.attention_overlay(tr),
         "attention_steps.png": plots.attention_grid(tr),
-        "denoising_strip.png": plots.denoising_strip(tr),
-        "groupnorm.png": plots.groupnorm_figure(tr),
+        "self_attention.png": plots.self_attention_figure(tr, SELF_ATTENTION_LAYERS, self_attention_pixels(picture)),
+        "clip_encoder.png": lessons.clip_figure(pipe, prompt),
+        "img2img_strength.png": plots.strength_figure(pipe, picture, IMG2IMG_PROMPTS, seed=seed, **strength),
+        "inpainting.png": lessons.inpainting_figure(pipe, picture, square_mask(picture), INPAINT_PROMPTS, seed=seed),
+        "time_embedding.png": plots.time_embedding_figure(pipe),
+        "noise_schedule.png": plots.noise_schedule_figure(pipe, tr.timesteps),
     }
 
 
@@ -55,13 +122,13 @@ def write_readme_figures(out_dir: str | Path = "readme-images", pipe: Any = None
     With the embedded model (pipe=None), also its training losses, from the logs shipped beside its weights.
     """
     from sdviz.pipeline import EMBEDDED_MODEL
-    from sdviz.toy.train import plot_losses
+    from sdviz.viz.plots import training_losses_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = render(pipe, steps=steps)
     if pipe is None and (EMBEDDED_MODEL / "log_unet.csv").is_file():
-        figures["training_losses.png"] = plot_losses(EMBEDDED_MODEL)
+        figures["training_losses.png"] = training_losses_figure(EMBEDDED_MODEL)
     return [save(fig, out / name) for name, fig in figures.items()]
 
 

@@ -60,9 +60,8 @@ def _sums(cls: type) -> dict[str, tuple[str, str]]:
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
     adds = [n for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add)]
-    return {
-        child(n.right): (child(n.left), ast.unparse(n.right.args[0])) for n in adds if child(n.left) and child(n.right)
-    }
+    pairs = [(child(n.left), child(n.right), n.right) for n in adds]
+    return {b: (a, ast.unparse(right.args[0])) for a, b, right in pairs if a and b}
 
 
 @dataclass
@@ -112,10 +111,8 @@ class Diagram:
         self.order = {path: i for i, path in enumerate(self.calls)}
         self.fmt, self.node_of, self.count = ShapeFormat(runs.BATCH), {}, 0
         self.g = chart(name, nodesep="0.25", ranksep="0.3")
-        note = (
-            f"drawn by sdviz from a model built at the {self.cfg.name} configuration and its shapes on the meta "
-            f"device ({self.cfg.image_size}x{self.cfg.image_size}, B = {runs.BATCH} images); depth {depth} of 3"
-        )
+        note = (f"drawn by sdviz from a model built at the {self.cfg.name} configuration and its shapes on the meta "
+                f"device ({self.cfg.image_size}x{self.cfg.image_size}, B = {runs.BATCH} images); depth {depth} of 3")
         self.g.attr(label=title_block(title, about, note))
 
     def shape(self, shape, path: str = "") -> str:

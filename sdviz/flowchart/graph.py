@@ -15,10 +15,8 @@ from pathlib import Path
 
 import graphviz
 
-INSTALL_HINT = (
-    "Graphviz's `dot` executable was not found: install Graphviz (apt-get install graphviz, brew install graphviz, "
-    "conda install graphviz, or see graphviz.org/download)"
-)
+INSTALL_HINT = ("Graphviz's `dot` executable was not found: install Graphviz (apt-get install graphviz, "
+                "brew install graphviz, conda install graphviz, or see graphviz.org/download)")
 
 
 class GraphvizMissing(RuntimeError):
@@ -83,11 +81,8 @@ def title_block(title: str, about: str, note: str, legend: list[tuple[str, str, 
     """A chart's title, subtitle, grey provenance line and legend (fill, line, sample, meaning), as an HTML label."""
     rows = [font(f"<B>{esc(title)}</B>", 26), font(esc(about), 13)]
     rows += [font(esc(line), 10, "#555555") for line in wrap(note, 150, indent="")]
-    cells = "".join(
-        f'<TD BGCOLOR="{fill}" COLOR="{line}" BORDER="1">{font(esc(sample), 9)}</TD>'
-        f'<TD ALIGN="LEFT">{font(esc(meaning), 9, "#333333")}</TD>'
-        for fill, line, sample, meaning in legend
-    )
+    cells = "".join(f'<TD BGCOLOR="{fill}" COLOR="{line}" BORDER="1">{font(esc(sample), 9)}</TD><TD ALIGN="LEFT">'
+                    f'{font(esc(meaning), 9, "#333333")}</TD>' for fill, line, sample, meaning in legend)
     if cells:
         rows.append(f'<TABLE BORDER="0" CELLSPACING="3" CELLPADDING="3"><TR>{cells}</TR></TABLE>')
     body = "".join(f'<TR><TD ALIGN="LEFT" BALIGN="LEFT">{r}</TD></TR>' for r in rows)
@@ -133,9 +128,6 @@ def chart(name: str, **graph_attrs) -> Chart:
     """A new chart in the house style: top to bottom, title at the top left, Graphviz's `newrank` (so that
     `rank=same` works across clusters) and `compound` (edges may end at a cluster's border)."""
     graph = dict(rankdir="TB", newrank="true", compound="true", fontname=FONT, labelloc="t", labeljust="l", pad="0.3")
-    return Chart(
-        name,
-        graph_attr=graph | graph_attrs,
-        node_attr=dict(fontname=FONT, fontsize="10", shape="box", style="filled", margin="0.08,0.04"),
-        edge_attr=dict(fontname=FONT, fontsize="9", arrowsize="0.6", color="#555555", fontcolor=SHAPE_COLOR),
-    )
+    node = dict(fontname=FONT, fontsize="10", shape="box", style="filled", margin="0.08,0.04")
+    edge = dict(fontname=FONT, fontsize="9", arrowsize="0.6", color="#555555", fontcolor=SHAPE_COLOR)
+    return Chart(name, graph_attr=graph | graph_attrs, node_attr=node, edge_attr=edge)

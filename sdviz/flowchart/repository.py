@@ -33,7 +33,7 @@ from pathlib import Path
 
 from sdviz.config import get_config
 from sdviz.flowchart import graph, runs
-from sdviz.flowchart.graph import CALL_COLOR, STYLE, Chart, esc, font, left, styled, wrap
+from sdviz.flowchart.graph import STYLE, Chart, esc, font, left, styled, wrap
 from sdviz.flowchart.source import Function, Stmt, modules_in
 from sdviz.shapes import meta_network
 
@@ -43,10 +43,8 @@ BR = '<BR ALIGN="LEFT"/>'
 
 SHEETS = {  # name (file flowchart-<name>): title, what it shows
     "overview": ("sdviz: the repository", "every class on the data path, by file, and who calls whom"),
-    "pipeline": (
-        "Pipeline: StableDiffusion.generate",
-        "prompt -> context; noise or image -> latents; the denoising loop with guidance; latents -> image",
-    ),
+    "pipeline": ("Pipeline: StableDiffusion.generate",
+                 "prompt -> context; noise or image -> latents; the denoising loop with guidance; latents -> image"),
     "text-encoder": ("Text encoder (CLIP ViT-L/14 text tower)", "token ids -> one vector per token: the context"),
     "vae-encoder": ("VAE encoder", "pixels -> the mean and log-variance of the latent Gaussian (img2img, inpainting)"),
     "vae-decoder": ("VAE decoder", "latents -> pixels: the last step of every generation"),
@@ -125,10 +123,8 @@ class SheetDrawer:
             placed.add(callee)
             g.edge(self.stmt_node[(caller, index)], _id(self.index.by_key[callee], "h"), **graph.CALL, constraint=tie)
         cfg = get_config(self.config)
-        note = (
-            f"drawn by sdviz from its source and a traced run: {self.rec.description}. B = batch size (traced with "
-            f"B = {self.rec.batch}); config {cfg.name}, {cfg.image_size}x{cfg.image_size} images."
-        )
+        note = (f"drawn by sdviz from its source and a traced run: {self.rec.description}. B = batch size (traced "
+                f"with B = {self.rec.batch}); config {cfg.name}, {cfg.image_size}x{cfg.image_size} images.")
         legend = [style for kind, style in STYLE.items() if kind in self.used]
         g.attr(label=graph.title_block(*SHEETS[self.sheet], note, legend))
         return g
@@ -294,11 +290,8 @@ def overview(config: str = "sd15") -> Chart:
     for a, b in sorted(calls):
         if a in port and b in port and port[a].split(":")[0] != port[b].split(":")[0]:
             g.edge(port[a], port[b], **graph.CALL)
-    note = (
-        "drawn by sdviz from its source (ast) and traced runs; ×N: objects of that class in one "
-        f"{cfg.name} model; each file's code is drawn statement by statement on the sheet it names"
-    )
-    legend = [(STYLE["header"][0], "#2E7D32", "Class (Base) ×N", "its objects in one model")]
-    legend += [("#FFFFFF", CALL_COLOR, "──▶", "calls")]
+    note = (f"drawn by sdviz from its source (ast) and traced runs; ×N: objects of that class in one {cfg.name} "
+            "model; each file's code is drawn statement by statement on the sheet it names")
+    legend = [(STYLE["header"][0], "#2E7D32", "Class (Base) ×N", "its objects in one model"), STYLE["call"]]
     g.attr(label=graph.title_block(*SHEETS["overview"], note, legend))
     return g

@@ -150,8 +150,7 @@ def pipeline_run(name: str, mode: str) -> tuple[Recording, dict[str, list[Call]]
     what = {"txt2img": "text-to-image", "img2img": f"image-to-image (strength {STRENGTH})", "inpaint": "inpainting"}
     rec = Recording(f"{what[mode]}, {BATCH} prompts, DDPM, {STEPS} steps, {cfg.name} at {size}x{size}", BATCH)
     ours = lambda fn: fn.module == "sdviz.pipeline"  # noqa: E731
-    called = lambda fn: not ours(fn) and fn.name != "__init__" and not fn.name.startswith("_")  # noqa: E731
-    with single_thread(), warnings.catch_warnings(), LineTracer(function_index(), rec, ours, called, _stand_in_proxy):
+    with single_thread(), warnings.catch_warnings(), LineTracer(function_index(), rec, ours, _stand_in_proxy):
         warnings.simplefilter("ignore")  # e.g. the embedded model's: "no word it was trained on"
         pipe.generate([f"prompt {i}" for i in range(BATCH)], **kwargs)
     return rec, log

@@ -124,21 +124,19 @@ class _Frame:
 
 
 _MISSING = object()
-Selector = Callable[[Function], bool] | None  # which functions to record
-Proxy = Callable[[FrameType], Function | None] | None  # the function a stand-in's frame stands for
 
 
 class LineTracer:
     """Context manager: while active, records into `self.recording` every call of the selected functions.
 
-    expand(fn): draw this function's statements (record its lines); collapsed(fn): record calls *to* it but not
-    inside it (a component drawn on another sheet). `proxy(frame)` may map a stand-in's frame to the function it
-    stands for.
+    expand(fn): draw this function's statements (record its lines). The other public functions of sdviz are
+    "collapsed": calls *to* them are recorded, not what happens inside (a component drawn on another sheet), and
+    so are those of stand-ins: `proxy(frame)` may map a stand-in's frame to the function it stands for.
     """
 
-    def __init__(self, index, recording: Recording, expand: Selector, collapsed: Selector = None, proxy: Proxy = None):
+    def __init__(self, index, recording: Recording, expand: Callable[[Function], bool], proxy=None):
         self.index, self.recording, self.fmt = index, recording, ShapeFormat(recording.batch)
-        self.expand, self.collapsed, self.proxy = expand, collapsed or (lambda fn: False), proxy
+        self.expand, self.proxy = expand, proxy
         self._active: dict[FrameType, _Frame] = {}
         self._roles: dict[CodeType, tuple[str, Function | None]] = {}
         self._lines: dict[str, dict[int, Stmt]] = {}  # function key -> line -> the statement it belongs to
@@ -158,14 +156,14 @@ class LineTracer:
         self._active.clear()
 
     def _role(self, frame: FrameType) -> tuple[str, Function | None]:
-        """ "expand" (record its lines), "collapsed" (record the call only), "proxy" (a stand-in), "" (not ours)."""
-        code = frame.f_code
-        if code not in self._roles:
-            fn = self.index.lookup(code)
-            role = "" if fn is None else "expand" if self.expand(fn) else "collapsed" if self.collapsed(fn) else ""
-            self._roles[code] = ("proxy" if not role and self.proxy and self.proxy(frame) else role, fn)
-        role, fn = self._roles[code]
-        return (role, self.proxy(frame)) if role == "proxy" else (role, fn)
+        """("expand", fn): record its lines; ("collapsed", fn): record the call only; ("", None): not ours."""
+        if frame.f_code not in self._roles:
+            fn = self.index.lookup(frame.f_code)
+            role = "" if fn is None else "expand" if self.expand(fn) else "" if fn.name.startswith("_") else "collapsed"
+            self._roles[frame.f_code] = role, fn
+        role, fn = self._roles[frame.f_code]
+        stands_for = self.proxy(frame) if self.proxy and not role else None
+        return ("collapsed", stands_for) if stands_for else (role, fn)
 
     def _caller(self, frame: FrameType) -> _Frame | None | bool:
         """The nearest traced frame below this one; None if there is none; False if a collapsed call is between."""
@@ -173,7 +171,7 @@ class LineTracer:
         while f is not None:
             if f in self._active:
                 return self._active[f]
-            if self._role(f)[0] in ("collapsed", "proxy"):
+            if self._role(f)[0] == "collapsed":
                 return False
             f = f.f_back
         return None

@@ -206,10 +206,10 @@ def test_missing_graphviz_still_writes_dot(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "flowchart-overview.dot").is_file()
     assert not list(tmp_path.glob("*.svg"))
     with pytest.raises(fc.GraphvizMissing, match="install Graphviz"):
-        fc.architecture_diagram("unet", config="toy")._repr_svg_()
+        fc.architecture_diagram("unet", config="toy")._repr_mimebundle_()
 
 
 @needs_dot
 def test_charts_render_inline_as_svg_that_fits_the_column():
-    svg = fc.architecture_diagram("unet", depth=1, config="toy")._repr_svg_()
+    svg = fc.architecture_diagram("unet", depth=1, config="toy")._repr_mimebundle_()["image/svg+xml"]
     assert "<svg" in svg and "conv_in" in svg and "max-width:100%" in svg

@@ -38,8 +38,7 @@ ARCHITECTURE = (("txt2img", 1), ("txt2img", 2), ("img2img", 1), ("inpaint", 1), 
 
 
 def repository_flowchart(sheet: str = "overview", config: str = "sd15") -> Chart:
-    """One sheet of the repository flowchart: "overview" or a component ("pipeline", "text-encoder",
-    "vae-encoder", "vae-decoder", "unet", "blocks", "sampler"), drawn from the code and a traced run."""
+    """One sheet of the repository flowchart, "overview" or a component (see SHEETS), from code and a traced run."""
     get_config(config)
     if sheet not in SHEETS:
         raise ValueError(f"unknown sheet {sheet!r}; known: {', '.join(SHEETS)}")

@@ -34,8 +34,6 @@ from sdviz.shapes import Call
 KINDS = ("txt2img", "img2img", "inpaint", "unet")
 DEPTHS = (1, 2, 3)
 SKIP = "#8E44AD"
-
-
 LAYER_SIZES = {  # how a torch layer's size is written: Conv2d 4→320, 3×3; Linear 320→1280; ...
     nn.Conv2d: lambda m: f"{m.in_channels}→{m.out_channels}, {m.kernel_size[0]}×{m.kernel_size[1]}"
     + (f" /{m.stride[0]}" if m.stride[0] > 1 else ""),
@@ -48,6 +46,11 @@ LAYER_SIZES = {  # how a torch layer's size is written: Conv2d 4→320, 3×3; Li
 
 def _params(m: nn.Module) -> str:
     return next((size(m) for cls, size in LAYER_SIZES.items() if isinstance(m, cls)), "")
+
+
+def _counted(modules: list[nn.Module]) -> str:
+    """ "ResnetBlock ×2, SpatialTransformer ×2, Downsample": the classes of `modules`, in order, with their counts."""
+    return ", ".join(f"{c} ×{n}" if n > 1 else c for c, n in Counter(type(m).__name__ for m in modules).items())
 
 
 @cache
@@ -125,9 +128,10 @@ class Diagram:
         text = self.fmt.shape(shape)
         return text.replace("(B,", "(2B,") if self.guided and path.startswith("unet") else text
 
-    def channels(self, shape: tuple) -> str:
-        """(B, 320, 64, 64) -> 320 @ 64×64."""
-        return f"{shape[1]} @ {shape[2]}×{shape[3]}" if len(shape) == 4 else self.shape(shape)
+    def channels(self, part: Part) -> str:
+        """What a block does to channels and size: "320 @ 64×64 → 640 @ 32×32"."""
+        text = lambda s: f"{s[1]} @ {s[2]}×{s[3]}" if len(s) == 4 else self.shape(s)  # noqa: E731
+        return f"{text(part.shape_in)} → {text(part.shape_out)}"
 
     def node(self, kind: str, title: str, detail: str = "", shape: str = "", paths=()) -> str:
         """A node; `paths`: the modules it draws (skip connections find them there, see `drawn_at`)."""
@@ -186,10 +190,9 @@ class Diagram:
                 part.first, part.last = self.chain(kids, level + 1, upward)
             return part.first, part.last
         detail, shape = " ".join(x for x in (cls, _params(part.module)) if x), ""
-        inner = Counter(type(k.module).__name__ for k in self.children(part.path) for _ in k.paths)
+        inner = [k.module for k in self.children(part.path) for _ in k.paths]
         if inner and level <= 2 and not _params(part.module):  # a block: what it holds, its channels and size
-            detail = cls + "\n" + ", ".join(f"{c} ×{n}" if n > 1 else c for c, n in inner.items())
-            shape = f"{self.channels(part.shape_in)} → {self.channels(part.shape_out)}"
+            detail, shape = f"{cls}\n{_counted(inner)}", self.channels(part)
         kind = "module" if level == 1 else "block" if level == 2 else "layer"
         part.first = part.last = self.node(kind, part.name, detail if detail != part.name else "", shape, part.paths)
         return part.first, part.last
@@ -218,9 +221,8 @@ class Diagram:
         """Several blocks drawn as one node (the UNet's down path at depth 1)."""
         group = Part(parts[0].path, parts[0].module, [Call(parts[0].calls[0].inputs, parts[-1].shape_out)])
         group.paths = [p for part in parts for p in part.paths]
-        inner = ", ".join(f"{c} ×{n}" for c, n in Counter(type(p.module).__name__ for p in parts).items())
-        channels = f"{self.channels(group.shape_in)} → {self.channels(group.shape_out)}"
-        group.first = group.last = self.node("block", f"{len(parts)} {what}", inner, channels, group.paths)
+        inner = _counted([p.module for p in parts])
+        group.first = group.last = self.node("block", f"{len(parts)} {what}", inner, self.channels(group), group.paths)
         return group
 
     def skips(self) -> None:

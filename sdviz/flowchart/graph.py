@@ -107,12 +107,9 @@ class Chart(graphviz.Digraph):
         except graphviz.ExecutableNotFound:
             raise GraphvizMissing(INSTALL_HINT) from None
 
-    def _repr_svg_(self) -> str:
-        svg = self.picture("svg").decode("utf-8")
-        return re.sub(r"<svg width=", '<svg style="max-width:100%;height:auto" width=', svg, count=1)
-
     def _repr_mimebundle_(self, include=None, exclude=None, **kwargs) -> dict:
-        return {"image/svg+xml": self._repr_svg_()}
+        svg = self.picture("svg").decode("utf-8")
+        return {"image/svg+xml": re.sub(r"<svg width=", '<svg style="max-width:100%;height:auto" width=', svg, count=1)}
 
     def write(self, directory: str | Path, formats=("dot", "svg", "png"), dpi: int = PNG_DPI) -> list[Path]:
         """Write `<directory>/<name>.<format>` for each format; returns the paths. DOT needs no Graphviz."""

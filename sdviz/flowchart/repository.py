@@ -71,12 +71,6 @@ def _id(fn: Function, suffix: object) -> str:
     return f"{fn.key}~{suffix}"
 
 
-def _shape_text(variant: str) -> str:
-    """ "(B, C) -> (B, C)" is shown as "(B, C)": one shape means the statement kept it."""
-    a, sep, b = variant.partition(" -> ")
-    return (a if sep and a == b else variant).replace(" -> ", " → ")
-
-
 class SheetDrawer:
     """Draws one component sheet from a `Recording` of that component's traced run."""
 
@@ -178,7 +172,7 @@ class SheetDrawer:
         ran = srec is not None and srec.count > 0
         extra += [] if ran else ["not run in this trace"]
         variants = list(srec.variants) if srec else []
-        texts = [_shape_text(v) for v in variants[: 2 if calls <= 1 else 1]]
+        texts = variants[: 2 if calls <= 1 else 1]
         if len(variants) > len(texts):
             texts[-1] += f"  (+{len(variants) - len(texts)} more)"
         shapes = [line for t in texts for line in wrap(t, CODE_WIDTH + 4, indent="   ")]

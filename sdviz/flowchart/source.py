@@ -36,11 +36,10 @@ class Stmt:
 
     index: int  # pre-order position in the function: a stable id that survives edits elsewhere in the file
     kind: str  # "simple" | "return" | "raise" | "if" | "for" | "while" | "with" | "try"
-    node: ast.stmt
     code: str  # source text without comments; for compound statements only the header ("for x in y:")
     notes: list[str]  # comments on the statement's own lines and the comment block just above it
     lines: list[int]  # source lines whose line events belong to this statement
-    loads: list[str]  # names read by the statement's own expressions (its inputs)
+    loads: list[str]  # names read by the statement's own expressions (its inputs), those it also assigns first
     target: ast.expr | None  # what holds its output: an assignment's (first) target, a `for`'s loop variable
     body: list[Stmt] = field(default_factory=list)
     orelse: list[Stmt] = field(default_factory=list)
@@ -69,7 +68,7 @@ class Function:
     relpath: str  # "sdviz/models/unet.py" (relative: generated files hold no absolute path)
     class_name: str | None
     name: str
-    node: ast.FunctionDef
+    params: list[str]  # its parameters, without self
     firstlineno: int  # what the code object reports: the first decorator's line, else the `def` line
     doc: str  # first sentence of the docstring, or ""
     body: list[Stmt]
@@ -82,11 +81,6 @@ class Function:
     def key(self) -> str:
         """Unique and stable: `unet.MidBlock.forward` differs from `vae.MidBlock.forward`."""
         return f"{self.module.rsplit('.', 1)[-1]}.{self.qualname}"
-
-    @property
-    def params(self) -> list[str]:
-        a = self.node.args
-        return [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
 
 
 # -- comments ---------------------------------------------------------------------------------------------------------
@@ -167,7 +161,8 @@ class _Builder:
             code, exprs = self.code_of(node.lineno, last), [node]
         lines = list(range(node.lineno, last + 1))
         target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
-        s = Stmt(index, kind, node, code, self.notes_of(node.lineno, last), lines, _loads(exprs, node), target)
+        loads = _loads(exprs, node, target)
+        s = Stmt(index, kind, code, self.notes_of(node.lineno, last), lines, loads, target)
         if compound:
             s.body = self.build(node.body)
             orelse = getattr(node, "orelse", [])
@@ -180,14 +175,16 @@ class _Builder:
 _META_ATTRS = {"device", "dtype", "shape", "ndim", "is_floating_point"}
 
 
-def _loads(exprs: list[ast.AST], node: ast.stmt) -> list[str]:
-    """Names a statement reads, in order, except those only asked for their device, dtype or shape (`x.device`
-    does not make x an input). `b, c, h, w = x.shape` keeps x: unpacking a shape is what it is about."""
+def _loads(exprs: list[ast.AST], node: ast.stmt, target: ast.expr | None) -> list[str]:
+    """Names a statement reads, those it assigns first (`x = f(x, y)`: x, y), except names only asked for their
+    device, dtype or shape (`x.device` does not make x an input; `b, c, h, w = x.shape` does: it is about x)."""
     unpacks_shape = isinstance(node, ast.Assign) and getattr(node.value, "attr", None) == "shape"
     meta = lambda n: isinstance(n, ast.Attribute) and n.attr in _META_ATTRS and isinstance(n.value, ast.Name)  # noqa: E731
     skip = set() if unpacks_shape else {id(n.value) for e in exprs for n in ast.walk(e) if meta(n)}
     loads = [n for e in exprs for n in ast.walk(e) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
-    return list(dict.fromkeys(n.id for n in loads if id(n) not in skip))
+    names = list(dict.fromkeys(n.id for n in loads if id(n) not in skip))
+    assigned = {n.id for n in ast.walk(target) if isinstance(n, ast.Name)} if target else ()
+    return sorted(names, key=lambda n: n not in assigned)
 
 
 _ABBREVIATIONS = ("et al.", "e.g.", "i.e.", "eq.", "eqs.", "Fig.", "cf.", "vs.")
@@ -219,8 +216,9 @@ def functions_of(module_name: str) -> tuple[Function, ...]:
                 continue  # properties are attribute reads, not steps of the data path
             b.counter = 0
             first = min([fn.lineno] + [d.lineno for d in fn.decorator_list])
-            doc = first_sentence(ast.get_docstring(fn))
-            out.append(Function(module_name, relpath, cls, fn.name, fn, first, doc, b.build(fn.body)))
+            a, doc = fn.args, first_sentence(ast.get_docstring(fn))
+            params = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+            out.append(Function(module_name, relpath, cls, fn.name, params, first, doc, b.build(fn.body)))
     return tuple(out)
 
 

@@ -7,7 +7,7 @@ starts belongs to a new statement, the previous statement has finished: its assi
 When a statement starts, the variables it reads hold its inputs. Shapes of both are recorded, as strings:
 
     x = self.conv_in(x)        start: x is (3, 4, 64, 64)   finish: x is (3, 320, 64, 64)
-                               -> recorded "(B, 4, 64, 64) -> (B, 320, 64, 64)"  (B: the batch, here 3)
+                               -> recorded "(B, 4, 64, 64) → (B, 320, 64, 64)"  (B: the batch, here 3)
 
 A call event whose caller (the nearest traced frame down the stack) is running statement s of function f records
 the edge "f, statement s -> callee". Nothing is changed in the code being traced, and tracing is switched off when
@@ -62,7 +62,7 @@ class ShapeFormat:
 class StmtRecord:
     count: int = 0  # times it ran, over the whole recording
     max_per_call: int = 0  # most times it ran within one call of its function (a loop's iteration count)
-    variants: Counter = field(default_factory=Counter)  # "in -> out" -> times seen, in order of first sight
+    variants: Counter = field(default_factory=Counter)  # "in → out" (or one shape if kept) -> times seen, in order
     yes: int = 0  # for an `if`: times its body ran, and times it did not
     no: int = 0
 
@@ -218,14 +218,9 @@ class LineTracer:
         st.current = s
         st.counts[s.index] += 1
         st.record.stmts.setdefault(s.index, StmtRecord()).count += 1
-        targets = {n.id for n in ast.walk(s.target) if isinstance(n, ast.Name)} if s.target else ()
-        ins: list[str] = []
-        for name in sorted(s.loads, key=lambda n: n not in targets):  # x = f(x, ...): x first
-            v = local.get(name)
-            d = self.fmt.value(v, scalars=False) if isinstance(v, (torch.Tensor, tuple)) else None
-            if d is not None and d not in ins:
-                ins.append(d)
-        st.inputs = ", ".join(ins[:3])
+        values = [local.get(name) for name in s.loads]
+        ins = [self.fmt.value(v, scalars=False) for v in values if isinstance(v, (torch.Tensor, tuple))]
+        st.inputs = ", ".join(list(dict.fromkeys(d for d in ins if d is not None))[:3])
 
     def _finish(self, st: _Frame, local: dict, next_stmt: Stmt | None = None, returned=_MISSING) -> None:
         s, st.current = st.current, None
@@ -243,7 +238,7 @@ class LineTracer:
             out = self._describe(s.target, local, tensors_only=s.kind == "for")
         if out and st.inputs and not any(c in out for c in "([") and "scalar" not in out:
             out = None  # `b, c, h, w = x.shape`: the input's shape already says it
-        text = " -> ".join(x for x in (st.inputs, out) if x)
+        text = out if out == st.inputs else " → ".join(x for x in (st.inputs, out) if x)  # one shape: kept
         r.variants.update([text] if text else [])
 
     def _describe(self, target: ast.expr, local: dict, tensors_only: bool = False) -> str | None:

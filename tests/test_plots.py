@@ -166,6 +166,7 @@ def test_the_grid_has_one_row_per_step_and_needs_per_step_maps(traced):
         plots.attention_grid(summed)
 
 
+@pytest.mark.slow  # some 30 generations (a minute or more on 2 cores): `make test-all`, which CI runs too
 def test_readme_figures_are_what_the_code_draws(tmp_path):
     """The committed readme-images/ are what `sdviz figures` draws now, up to CPU rounding (regenerate if not)."""
     written = figures.write_readme_figures(tmp_path)

@@ -29,6 +29,12 @@ INPAINT_PROMPTS = (
     "a small green triangle at the bottom",
     "a small cyan circle at the bottom",
 )
+# prompt-to-prompt (sdviz.editing): a word of PROMPT reweighted; a colour replaced in a prompt where, drawn alone from
+# the same seed, the target would change its layout
+EDIT_WORD, EDIT_WEIGHTS = "square", (0.0, 0.5, 1.0, 2.0, 4.0)
+EDIT_SOURCE = "a small red circle to the left of a small green square"
+EDIT_TARGET = "a small blue circle to the left of a small green square"
+EDIT_SEED = 1  # drawn alone from this seed, the target puts its objects elsewhere; replace keeps the source's layout
 # The headline seed: the judge (sdviz.toy.judge) finds exactly one large red circle above one small blue square and
 # nothing else (seeds 0, 4, 11, 13, 18 and 21 of 0-23 are right; seed 1, the earlier choice, drew two blue squares).
 SEED = 13
@@ -78,7 +84,7 @@ def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int 
     """The README figures as {file name: matplotlib Figure}, for `pipe` (default: the embedded model)."""
     from sdviz.pipeline import load_pipeline
     from sdviz.tracing import trace
-    from sdviz.viz import lessons, plots
+    from sdviz.viz import edit_figures, lessons, plots
 
     pipe = load_pipeline() if pipe is None else pipe
     settings = {**SETTINGS, "steps": steps}
@@ -107,6 +113,8 @@ def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int 
         "inpainting.png": lessons.inpainting_figure(pipe, picture, square_mask(picture), INPAINT_PROMPTS, seed=seed),
         "time_embedding.png": plots.time_embedding_figure(pipe),
         "noise_schedule.png": plots.noise_schedule_figure(pipe, tr.timesteps),
+        "edit_reweight.png": edit_figures.reweight_figure(pipe, prompt, EDIT_WORD, EDIT_WEIGHTS, seed, **settings),
+        "edit_replace.png": edit_figures.replace_figure(pipe, EDIT_SOURCE, EDIT_TARGET, seed=EDIT_SEED, **settings),
     }
 
 
@@ -122,6 +130,7 @@ def write_readme_figures(out_dir: str | Path = "readme-images", pipe: Any = None
     With the embedded model (pipe=None), also its training losses, from the logs shipped beside its weights.
     """
     from sdviz.pipeline import EMBEDDED_MODEL
+    from sdviz.viz.animate import readme_animation
     from sdviz.viz.plots import training_losses_figure
 
     out = Path(out_dir)
@@ -129,7 +138,8 @@ def write_readme_figures(out_dir: str | Path = "readme-images", pipe: Any = None
     figures = render(pipe, steps=steps)
     if pipe is None and (EMBEDDED_MODEL / "log_unet.csv").is_file():
         figures["training_losses.png"] = training_losses_figure(EMBEDDED_MODEL)
-    return [save(fig, out / name) for name, fig in figures.items()]
+    written = [save(fig, out / name) for name, fig in figures.items()]
+    return written + [readme_animation(out, pipe, PROMPT, SEED, steps)]  # the README's animation of the denoising
 
 
 def main(argv: Sequence[str] | None = None) -> int:

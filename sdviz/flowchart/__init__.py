@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdviz.config import CONFIGS, get_config
+from sdviz.config import CONFIGS
 from sdviz.flowchart.architecture import DEPTHS, KINDS, architecture_diagram
 from sdviz.flowchart.graph import INSTALL_HINT, PNG_DPI, Chart, GraphvizMissing
 from sdviz.flowchart.repository import SHEETS, component_sheet, overview
@@ -39,7 +39,6 @@ ARCHITECTURE = (("txt2img", 1), ("txt2img", 2), ("img2img", 1), ("inpaint", 1), 
 
 def repository_flowchart(sheet: str = "overview", config: str = "sd15") -> Chart:
     """One sheet of the repository flowchart, "overview" or a component (see SHEETS), from code and a traced run."""
-    get_config(config)
     if sheet not in SHEETS:
         raise ValueError(f"unknown sheet {sheet!r}; known: {', '.join(SHEETS)}")
     return overview(config) if sheet == "overview" else component_sheet(sheet, config)

@@ -371,8 +371,7 @@ def _unet(depth: int, config: str) -> Chart:
     # each level of the down path beside its mirror on the up path, down on the left
     same = [(x_in, eps), (down[0].first, up[-1].last)]
     for a, b in same + [(a.first, b.last) for a, b in zip(down[1:], up[-3::-1], strict=True)]:
-        with dg.g.subgraph() as s:
-            s.attr(rank="same")
+        with dg.g.subgraph(graph_attr={"rank": "same"}) as s:
             s.edge(a, b, style="invis")
     return dg.g
 
@@ -385,5 +384,4 @@ def architecture_diagram(kind: str = "txt2img", depth: int | None = None, config
     depth = (2 if kind == "unet" else 1) if depth is None else depth
     if depth not in DEPTHS:
         raise ValueError(f"unknown depth {depth!r}; known: 1 (components), 2 (blocks), 3 (layers)")
-    get_config(config)
     return _unet(depth, config) if kind == "unet" else _pipeline(kind, depth, config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from html import escape as esc  # text in an HTML-like label: & < > " ' written as entities
 from pathlib import Path
 
 import graphviz
@@ -50,11 +51,6 @@ STYLE = {  # kind of node: fill, line, and in the legend: a sample, what it mean
 def styled(kind: str, **attrs) -> dict:
     """Graphviz attributes in the colours of a kind of node: styled("cond", shape="diamond")."""
     return {"fillcolor": STYLE[kind][0], "color": STYLE[kind][1]} | attrs
-
-
-def esc(text: str) -> str:
-    """Escape text for an HTML-like label."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 def wrap(text: str, width: int, max_lines: int = 6, indent: str = "  ") -> list[str]:

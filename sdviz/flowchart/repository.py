@@ -278,8 +278,7 @@ def overview(config: str = "sd15") -> Chart:
                 rows.append(f'<TR><TD ALIGN="LEFT" PORT="{name}" BGCOLOR="{STYLE["header"][0]}">{text}</TD></TR>')
         table = f'<TABLE BORDER="1" CELLBORDER="0" CELLSPACING="1" CELLPADDING="3" COLOR="#2E7D32">{"".join(rows)}'
         g.node(box, label=f"<{table}</TABLE>>", shape="plaintext", style="", margin="0")
-    with g.subgraph() as s:  # the samplers beside the building blocks: a sheet about as wide as it is high
-        s.attr(rank="same")
+    with g.subgraph(graph_attr={"rank": "same"}) as s:  # the samplers beside the building blocks: as wide as high
         s.edge("sdviz.models.attention", "sdviz.samplers", style="invis")
     for a, b in sorted(calls):
         if a in port and b in port and port[a].split(":")[0] != port[b].split(":")[0]:

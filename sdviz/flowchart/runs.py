@@ -73,30 +73,6 @@ def network_run(name: str, part: str) -> tuple[Recording, Probe]:
         return rec, probe(net, *args, method=method, within=tracer)
 
 
-@cache
-def sampler_recording(name: str) -> Recording:
-    """Every sampler driven through a whole text-to-image loop (and one image-to-image start), on the CPU."""
-    from sdviz.samplers import SAMPLERS, get_sampler
-
-    cfg = get_config(name)
-    shape = (BATCH, cfg.unet.in_channels, cfg.latent_size, cfg.latent_size)
-    rec = Recording(f"{STEPS} steps of each sampler on zero latents {shape}, CPU", BATCH)
-    samplers = [get_sampler(n, cfg.schedule) for n in SAMPLERS]  # built outside the trace: __init__ is not drawn
-    expand = lambda fn: fn.module.startswith("sdviz.samplers.") and fn.name != "__init__"  # noqa: E731
-    with single_thread(), torch.no_grad(), LineTracer(function_index(), rec, expand):
-        for sampler in samplers:
-            g = [torch.Generator().manual_seed(i) for i in range(BATCH)]
-            sampler.set_timesteps(STEPS)
-            x = torch.zeros(shape)
-            for t in sampler.timesteps:
-                eps = torch.zeros_like(sampler.scale_model_input(x, t))
-                x = sampler.step(eps, t, x, generator=g).prev_sample
-            sampler.predict_x0(eps, t, x)
-            sampler.set_timesteps(STEPS, strength=STRENGTH)
-            sampler.add_noise(torch.zeros(shape), torch.zeros(shape), sampler.timesteps[0])
-    return rec
-
-
 # -- the pipeline, with stand-in networks ---------------------------------------------------------------------------
 
 
@@ -158,12 +134,32 @@ def pipeline_run(name: str, mode: str) -> tuple[Recording, dict[str, list[Call]]
 
 @cache
 def recording(name: str, sheet: str) -> Recording:
-    """The traced run a repository sheet draws: a network's pass, the samplers' loops, or one recording of several
-    runs: the three pipeline modes ("pipeline": every branch of `generate` a user can reach with these inputs) or the
-    four network passes ("blocks": how the shared building blocks are used)."""
-    if sheet in NETWORK_PARTS or sheet == "sampler":
-        return sampler_recording(name) if sheet == "sampler" else network_run(name, sheet)[0]
+    """The traced run a repository sheet draws: a network's pass, every sampler driven through a whole text-to-image
+    loop (and one image-to-image start) on the CPU, or one recording of several runs: the three pipeline modes
+    ("pipeline": every branch of `generate` a user can reach with these inputs) or the four network passes ("blocks":
+    how the shared building blocks are used)."""
+    if sheet in NETWORK_PARTS:
+        return network_run(name, sheet)[0]
     cfg, pipeline = get_config(name), sheet == "pipeline"
+    if sheet == "sampler":
+        from sdviz.samplers import SAMPLERS, get_sampler
+
+        shape = (BATCH, cfg.unet.in_channels, cfg.latent_size, cfg.latent_size)
+        rec = Recording(f"{STEPS} steps of each sampler on zero latents {shape}, CPU", BATCH)
+        samplers = [get_sampler(n, cfg.schedule) for n in SAMPLERS]  # built outside the trace: __init__ is not drawn
+        expand = lambda fn: fn.module.startswith("sdviz.samplers.") and fn.name != "__init__"  # noqa: E731
+        with single_thread(), torch.no_grad(), LineTracer(function_index(), rec, expand):
+            for sampler in samplers:
+                g = [torch.Generator().manual_seed(i) for i in range(BATCH)]
+                sampler.set_timesteps(STEPS)
+                x = torch.zeros(shape)
+                for t in sampler.timesteps:
+                    eps = torch.zeros_like(sampler.scale_model_input(x, t))
+                    x = sampler.step(eps, t, x, generator=g).prev_sample
+                sampler.predict_x0(eps, t, x)
+                sampler.set_timesteps(STEPS, strength=STRENGTH)
+                sampler.add_noise(torch.zeros(shape), torch.zeros(shape), sampler.timesteps[0])
+        return rec
     what = (f"text-to-image, image-to-image and inpainting (strength {STRENGTH}); {BATCH} prompts, DDPM, {STEPS} steps"
             if pipeline else "one pass through each network (text encoder, VAE encoder, VAE decoder, UNet)")
     rec = Recording(f"{what}; {cfg.name} at {cfg.image_size}x{cfg.image_size}; networks on the meta device", BATCH)

@@ -193,11 +193,8 @@ _ABBREVIATIONS = ("et al.", "e.g.", "i.e.", "eq.", "eqs.", "Fig.", "cf.", "vs.")
 def first_sentence(doc: str | None) -> str:
     """The first sentence of a docstring's first paragraph (not fooled by "et al." or "eq.")."""
     para = " ".join((doc or "").strip().split("\n\n")[0].split())
-    for i, ch in enumerate(para):
-        end = ch == "." and (i + 1 == len(para) or para[i + 1] == " ")
-        if end and not any(para[: i + 1].endswith(a) for a in _ABBREVIATIONS):
-            return para[: i + 1]
-    return para
+    ends = (m.end() for m in re.finditer(r"\.(?= |$)", para) if not para[: m.end()].endswith(_ABBREVIATIONS))
+    return para[: next(ends, len(para))]
 
 
 @cache

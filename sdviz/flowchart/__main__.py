@@ -1,5 +1,3 @@
-import sys
-
 from sdviz.flowchart import main
 
-sys.exit(main(sys.argv[1:]))
+raise SystemExit(main())

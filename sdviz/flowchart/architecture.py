@@ -120,12 +120,7 @@ class Diagram:
 
     def shape(self, shape, path: str = "") -> str:
         """A shape as text, batch as B; with guidance the UNet's batch is 2B (it was probed alone, with B)."""
-        if not shape:
-            return ""
-        if isinstance(shape[0], (tuple, list)):
-            same = len(shape) == 2 and shape[0] == shape[1]
-            return f"2× {self.fmt.shape(shape[0])}" if same else ", ".join(map(self.fmt.shape, shape))
-        text = self.fmt.shape(shape)
+        text = self.fmt.shape(shape) if shape else ""
         return text.replace("(B,", "(2B,") if self.guided and path.startswith("unet") else text
 
     def channels(self, part: Part) -> str:

@@ -164,7 +164,6 @@ class SheetDrawer:
 
     def statement(self, g: Chart, fn: Function, s: Stmt, kind: str, code: list[str], srec, preds, badge="") -> list:
         """A statement's box: its code, the shapes it produced, its comments; dashed and grey if it never ran."""
-        calls = self.rec.functions[fn.key].calls
         notes = s.notes + (s.body[0].notes if kind == "loop" and len(s.body) == 1 else [])
         extra = [line for n in notes for line in wrap("# " + n, CODE_WIDTH, 3, "  ")]
         hooks = re.findall(r"\b(hook_\w+)\(", s.code)
@@ -172,13 +171,12 @@ class SheetDrawer:
         ran = srec is not None and srec.count > 0
         extra += [] if ran else ["not run in this trace"]
         variants = list(srec.variants) if srec else []
-        texts = variants[: 2 if calls <= 1 else 1]
+        texts = variants[: 2 if self.rec.functions[fn.key].calls <= 1 else 1]
         if len(variants) > len(texts):
             texts[-1] += f"  (+{len(variants) - len(texts)} more)"
         shapes = [line for t in texts for line in wrap(t, CODE_WIDTH + 4, indent="   ")]
-        code = [esc(x) for x in code]
-        code[0] += font(f"<B>  {esc(badge)}</B>", color=STYLE["loop"][1], face="DejaVu Sans") if badge else ""
-        label = font("".join(x + BR for x in code), face=graph.MONO)
+        badge = font(f"<B>  {esc(badge)}</B>", color=STYLE["loop"][1], face="DejaVu Sans") if badge else ""
+        label = font(esc(code[0]) + badge + BR + left(code[1:]), face=graph.MONO)
         color = graph.SHAPE_COLOR if ran else "#888888"
         label += "".join(font(f"<B><I>{esc(x)}</I></B>", 10, color) + BR for x in shapes)
         label += "".join(font(esc(x), 9, "#707070") + BR for x in extra)

@@ -54,8 +54,7 @@ def function_index() -> FunctionIndex:
 
 @cache
 def network_run(name: str, part: str) -> tuple[Recording, Probe]:
-    """One pass through a network on the meta device ("text-encoder", "vae-encoder", "vae-decoder", "unet"): the
-    line tracer's recording and the shape probe's notes."""
+    """One pass through a network (one of NETWORK_PARTS) on the meta device: the recording and the probe's notes."""
     cfg, b = get_config(name), BATCH
     size, lat, length = cfg.image_size, cfg.latent_size, cfg.clip.max_length
     empty = lambda *shape, dtype=torch.float32: torch.zeros(shape, dtype=dtype, device="meta")  # noqa: E731
@@ -108,8 +107,8 @@ def _stand_in_proxy(frame: FrameType) -> Function | None:
 
 @cache
 def pipeline_run(name: str, mode: str) -> tuple[Recording, dict[str, list[Call]]]:
-    """`StableDiffusion.generate` run for real on the CPU, with stand-in networks ("txt2img", "img2img",
-    "inpaint"): the line tracer's recording and the networks' calls by "Class.method"."""
+    """`StableDiffusion.generate` run for real on the CPU with stand-in networks, in a mode of PIPELINE_MODES: the
+    tracer's recording and the networks' calls by "Class.method"."""
     from sdviz.pipeline import StableDiffusion
     from sdviz.weights import Models
 

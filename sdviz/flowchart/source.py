@@ -199,8 +199,7 @@ def first_sentence(doc: str | None) -> str:
 
 @cache
 def functions_of(module_name: str) -> tuple[Function, ...]:
-    """Every function and method defined in a module of sdviz (nested functions and properties excepted), in
-    source order."""
+    """Every function and method of a module of sdviz (nested functions and properties excepted), in source order."""
     path = Path(importlib.import_module(module_name).__file__).resolve()
     source = path.read_text(encoding="utf-8")
     relpath = path.relative_to(PACKAGE_ROOT.parent).as_posix()

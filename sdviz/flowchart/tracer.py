@@ -35,7 +35,12 @@ class ShapeFormat:
 
     batch: int = 2
 
-    def shape(self, shape: Iterable[int]) -> str:
+    def shape(self, shape: tuple) -> str:
+        """(B, 4, 64, 64); shapes in a tuple or a list: 2× (B, 4, 64, 64), [3× (B, 320)], (B, 4), (B, 77), 5 tensors."""
+        if shape and isinstance(shape[0], (tuple, list)):
+            texts, n = [self.shape(s) for s in shape], len(shape)
+            inner = f"{n}× {texts[0]}" if len(set(texts)) == 1 else ", ".join(texts) if n <= 2 else f"{n} tensors"
+            return f"[{inner}]" if isinstance(shape, list) else inner
         dims = [str(int(d)) for d in shape]
         if dims and self.batch > 1 and dims[0] in (str(self.batch), str(2 * self.batch)):
             dims[0] = "B" if dims[0] == str(self.batch) else "2B"
@@ -48,10 +53,8 @@ class ShapeFormat:
         if isinstance(v, (bool, int, float)):  # a count or a size: its value says more than its type
             return ("float" if isinstance(v, float) else str(v)) if scalars else None
         if isinstance(v, (list, tuple)) and v and all(isinstance(e, torch.Tensor) for e in v):
-            shapes = [self.shape(e.shape) for e in v]
-            one = len(set(shapes)) == 1
-            inner = f"{len(v)} x {shapes[0]}" if one else ", ".join(shapes) if len(v) <= 2 else f"{len(v)} tensors"
-            return f"[{inner}]" if isinstance(v, list) else inner
+            shapes = [tuple(e.shape) for e in v]
+            return self.shape(shapes if isinstance(v, list) else tuple(shapes))
         if isinstance(v, tuple) and 1 < len(v) <= 3:
             parts = [self.value(e, scalars) for e in v]
             return None if None in parts else ", ".join(parts)

@@ -177,18 +177,17 @@ class Diagram:
     def draw(self, part: Part, level: int, upward: bool = False) -> tuple[str, str]:
         """A module at the chosen depth: a node, or deeper than that a cluster of its children in a chain (drawn
         upwards for the UNet's up path). Returns its (first, last) node."""
-        cls = type(part.module).__name__
+        cls, kind = type(part.module).__name__, ("module", "block", "layer")[level - 1]
         kids = self.children(part.path) if level < self.depth else []
         if kids:
             label = f"<<B>{esc(part.name)}</B>  {font(esc(cls), 9)}>"
-            with self.cluster(part.path, label, **styled("module" if level == 1 else "block", style="rounded,filled")):
+            with self.cluster(part.path, label, **styled(kind, style="rounded,filled")):
                 part.first, part.last = self.chain(kids, level + 1, upward)
             return part.first, part.last
         detail, shape = " ".join(x for x in (cls, _params(part.module)) if x), ""
         inner = [k.module for k in self.children(part.path) for _ in k.paths]
         if inner and level <= 2 and not _params(part.module):  # a block: what it holds, its channels and size
             detail, shape = f"{cls}\n{_counted(inner)}", self.channels(part)
-        kind = "module" if level == 1 else "block" if level == 2 else "layer"
         part.first = part.last = self.node(kind, part.name, detail if detail != part.name else "", shape, part.paths)
         return part.first, part.last
 
@@ -280,7 +279,6 @@ def _pipeline(kind: str, depth: int, config: str) -> Chart:
     edges += [(seed, noise, "torch.randn")]
     if kind == "txt2img":
         start = dg.node("op", "× init_noise_sigma", "pure noise: x_T")
-        edges += [(noise, start, lat)]
     else:
         enc = log["VAE.encode"][0]
         with dg.cluster("start", "", style="invis"):  # (a box of its own keeps it out of the loop's box)
@@ -289,12 +287,12 @@ def _pipeline(kind: str, depth: int, config: str) -> Chart:
             z = dg.node("op", "sample z = μ + σ·ε" + (f", × {scale}" if scale != 1 else ""), "the scaled latent: x_0")
             start = dg.node("op", "add_noise(x_0, ε, t_start)", "q(x_t | x_0), DDPM eq. 4: the way to noise")
         edges += [(image, e_first, S(enc.inputs[0])), (e_last, z, dg.shape(enc.output)), (z, start, lat)]
-        edges += [(noise, start, lat)]
-        if kind == "inpaint":
-            mask_shape = S((1, 1, *enc.inputs[0][-2:]))  # the picture's size, one channel
-            mask = dg.node("data", "mask", "white = repaint", mask_shape)
-            pool = dg.node("op", f"max-pool ÷{cfg.vae.downsampling_factor}", "a latent is repainted if any pixel is")
-            edges += [(mask, pool, mask_shape)]
+    edges += [(noise, start, lat)]
+    if kind == "inpaint":
+        mask_shape = S((1, 1, *enc.inputs[0][-2:]))  # the picture's size, one channel
+        mask = dg.node("data", "mask", "white = repaint", mask_shape)
+        pool = dg.node("op", f"max-pool ÷{cfg.vae.downsampling_factor}", "a latent is repainted if any pixel is")
+        edges += [(mask, pool, mask_shape)]
     loop = f"<<B>for t in sampler.timesteps</B>  ({len(log['UNet.forward'])} steps in this run)>"
     with dg.cluster("loop", loop, style="rounded,dashed", color=CALL_COLOR, fontcolor=CALL_COLOR, fontsize="13"):
         x_t = dg.node("data", "latents x_t", shape=lat)

@@ -22,12 +22,11 @@ import io
 import re
 import tokenize
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # .../sdviz
-KINDS = {ast.If: "if", ast.For: "for", ast.While: "while", ast.With: "with", ast.Try: "try", ast.Return: "return"}
-KINDS[ast.Raise] = "raise"
+KINDS = {getattr(ast, kind.title()): kind for kind in ("if", "for", "while", "with", "try", "return", "raise")}
 
 
 @dataclass(eq=False)
@@ -38,7 +37,7 @@ class Stmt:
     kind: str  # "simple" | "return" | "raise" | "if" | "for" | "while" | "with" | "try"
     code: str  # source text without comments; for compound statements only the header ("for x in y:")
     notes: list[str]  # comments on the statement's own lines and the comment block just above it
-    lines: list[int]  # source lines whose line events belong to this statement
+    lines: range  # source lines whose line events belong to this statement
     loads: list[str]  # names read by the statement's own expressions (its inputs), those it also assigns first
     target: ast.expr | None  # what holds its output: an assignment's (first) target, a `for`'s loop variable
     body: list[Stmt] = field(default_factory=list)
@@ -48,10 +47,6 @@ class Stmt:
         yield self
         for s in self.body + self.orelse:
             yield from s.walk()
-
-    @cached_property
-    def body_indices(self) -> frozenset[int]:
-        return frozenset(x.index for b in self.body for x in b.walk())
 
     @property
     def is_guard(self) -> bool:
@@ -159,10 +154,9 @@ class _Builder:
             exprs += [item.context_expr for item in getattr(node, "items", [])]
         else:
             code, exprs = self.code_of(node.lineno, last), [node]
-        lines = list(range(node.lineno, last + 1))
         target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
         loads = _loads(exprs, node, target)
-        s = Stmt(index, kind, code, self.notes_of(node.lineno, last), lines, loads, target)
+        s = Stmt(index, kind, code, self.notes_of(node.lineno, last), range(node.lineno, last + 1), loads, target)
         if compound:
             s.body = self.build(node.body)
             orelse = getattr(node, "orelse", [])
@@ -207,8 +201,7 @@ def functions_of(module_name: str) -> tuple[Function, ...]:
     for top in ast.parse(source).body:
         cls = top.name if isinstance(top, ast.ClassDef) else None
         for fn in (n for n in (top.body if cls else [top]) if isinstance(n, ast.FunctionDef)):
-            decorators = [d.attr if isinstance(d, ast.Attribute) else getattr(d, "id", "") for d in fn.decorator_list]
-            if "property" in decorators or "setter" in decorators:
+            if {"property", "setter"} & {getattr(d, "attr", getattr(d, "id", "")) for d in fn.decorator_list}:
                 continue  # properties are attribute reads, not steps of the data path
             b.counter = 0
             first = min([fn.lineno] + [d.lineno for d in fn.decorator_list])

@@ -231,7 +231,7 @@ class LineTracer:
             return
         r = st.record.stmts[s.index]
         if s.kind == "if":
-            taken = next_stmt is not None and next_stmt.index in s.body_indices
+            taken = bool(s.body) and next_stmt is s.body[0]  # a taken branch starts with its first statement
             r.yes, r.no = r.yes + taken, r.no + (not taken)
             return
         out = None

@@ -26,12 +26,16 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from sdviz.viz.widgets import frames as F
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
+    from sdviz.tracing import Trace
 
 FORMATS = (".gif", ".webp", ".mp4")
 
@@ -45,11 +49,11 @@ class AnimationError(ValueError):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _step_caption(tr: Any, i: int) -> str:
+def _step_caption(tr: Trace, i: int) -> str:
     return f"step {i} / {len(tr.timesteps) - 1}   t = {tr.timesteps[i]}"
 
 
-def denoising_frames(tr: Any, image: int = 0, size: int = 128, decoded: bool | None = None) -> list[np.ndarray]:
+def denoising_frames(tr: Trace, image: int = 0, size: int = 128, decoded: bool | None = None) -> list[np.ndarray]:
     """One frame per step, then the result: x_t and the predicted x0 (linear RGB previews) and, when the trace holds
     it (decode=True; `decoded=False` leaves it out), the VAE's decode of x0, side by side with a caption.
     The last frame shows the final latent (and the last predicted x0) beside the generated picture."""
@@ -74,7 +78,7 @@ def denoising_frames(tr: Any, image: int = 0, size: int = 128, decoded: bool | N
     return out
 
 
-def attention_frames(tr: Any, word: str, image: int = 0, size: int = 128, alpha: float = 0.55) -> list[np.ndarray]:
+def attention_frames(tr: Trace, word: str, image: int = 0, size: int = 128, alpha: float = 0.55) -> list[np.ndarray]:
     """One frame per recorded step: the picture, and `word`'s cross-attention at that step over it (each step's map
     normalised to its own min..max, DAAM's colour map). Needs a trace recorded with keep=["step"]."""
     from sdviz.viz.widgets.checks import need_cross_attention, word_positions
@@ -158,13 +162,13 @@ def _write_mp4(ffmpeg: str, frames: Sequence[np.ndarray], out: Path, fps: float,
         raise AnimationError(f"{out}: ffmpeg failed: {message[-1] if message else done.returncode}")
 
 
-def animate_denoising(tr: Any, out: str | Path, image: int = 0, size: int = 128, fps: float = 8, **kw: Any) -> Path:
+def animate_denoising(tr: Trace, out: str | Path, image: int = 0, size: int = 128, fps: float = 8, **kw: Any) -> Path:
     """Write the denoising of a traced generation (x_t, predicted x0, its VAE decode if traced) to `out`."""
     return write(denoising_frames(tr, image, size, **kw), out, fps)
 
 
 def animate_attention(
-    tr: Any, word: str, out: str | Path, image: int = 0, size: int = 128, fps: float = 8, alpha: float = 0.55
+    tr: Trace, word: str, out: str | Path, image: int = 0, size: int = 128, fps: float = 8, alpha: float = 0.55
 ) -> Path:
     """Write a word's cross-attention over the steps (a trace with keep=["step"]) to `out`."""
     return write(attention_frames(tr, word, image, size, alpha), out, fps)
@@ -182,7 +186,7 @@ def gif(frames: Sequence[np.ndarray], fps: float = 8) -> bytes:
 
 def traced_run(
     prompt: str,
-    pipe: Any = None,
+    pipe: StableDiffusion | None = None,
     seed: int = 1,
     steps: int = 50,
     cfg_scale: float = 5.0,
@@ -203,8 +207,13 @@ def traced_run(
 README_ANIMATION = "denoising.gif"
 
 
-def readme_animation(out_dir: str | Path, pipe: Any = None, prompt: str | None = None, seed: int | None = None,
-                     steps: int = 50) -> Path:  # fmt: skip
+def readme_animation(
+    out_dir: str | Path,
+    pipe: StableDiffusion | None = None,
+    prompt: str | None = None,
+    seed: int | None = None,
+    steps: int = 50,
+) -> Path:
     """The README's animation, `out_dir/denoising.gif`: the denoising of the README figures' prompt and seed (see
     `sdviz.viz.figures`; `sdviz figures` calls this), 128 pixels per panel, 10 frames a second."""
     from sdviz.viz import figures

@@ -12,12 +12,16 @@ for the first `cross_replace_steps` of the steps, and its own after.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from sdviz.viz.display import Figure
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
+    from sdviz.tracing import Trace
 
 HEAT = "jet"  # the colour map of sdviz's other attention figures (DAAM's)
 SETTINGS = {"steps": 50, "cfg_scale": 5.0, "sampler": "ddim"}  # the embedded model's evaluation settings
@@ -44,7 +48,7 @@ def _overlay(ax: Any, picture: np.ndarray, heat: np.ndarray, title: str) -> Any:
     return im
 
 
-def _edited_run(pipe: Any, edits: Sequence[Any], prompts: Any, seed: Any, generate: dict) -> Any:
+def _edited_run(pipe: StableDiffusion, edits: Sequence[Any], prompts: Any, seed: Any, generate: dict) -> Any:
     """Generate inside the edits with a cross-attention trace inside them; returns the trace."""
     from sdviz.editing import edit
     from sdviz.tracing import trace
@@ -54,7 +58,7 @@ def _edited_run(pipe: Any, edits: Sequence[Any], prompts: Any, seed: Any, genera
     return tr
 
 
-def reweight_panel(tr: Any, word: str, weight: float, image: int = 0) -> Figure:
+def reweight_panel(tr: Trace, word: str, weight: float, image: int = 0) -> Figure:
     """One traced, reweighted generation: the picture and the word's map over it (what `reweight_widget` shows)."""
     fig = Figure(figsize=(4.4, 2.5), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -68,7 +72,7 @@ def reweight_panel(tr: Any, word: str, weight: float, image: int = 0) -> Figure:
 
 
 def reweight_figure(
-    pipe: Any,
+    pipe: StableDiffusion,
     prompt: str,
     word: str,
     weights: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
@@ -100,7 +104,7 @@ def reweight_figure(
 
 
 def replace_figure(
-    pipe: Any,
+    pipe: StableDiffusion,
     source: str,
     target: str,
     words: Sequence[str] | None = None,

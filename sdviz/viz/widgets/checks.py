@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sdviz.tracing import AttentionRecord, LatentsRecord, Trace
 
 
-def need_latents(trace: Any, who: str) -> Any:
+def need_latents(trace: Trace, who: str) -> LatentsRecord:
     """The trace's latents record, or a one-line error saying how to record it."""
     records = getattr(trace, "records", None) or {}
     if getattr(trace, "info", None) is None:
@@ -18,7 +21,7 @@ def need_latents(trace: Any, who: str) -> Any:
     return records["latents"]
 
 
-def need_cross_attention(trace: Any, who: str, per_step: bool = False) -> Any:
+def need_cross_attention(trace: Trace, who: str, per_step: bool = False) -> AttentionRecord:
     """The trace's cross-attention record (kept per step if `per_step`), or a one-line error saying how to get it."""
     if getattr(trace, "info", None) is None:
         raise ValueError(f"{who} needs a trace of a generation: run pipe.generate(...) inside `with sdviz.trace(pipe)`")
@@ -33,7 +36,7 @@ def need_cross_attention(trace: Any, who: str, per_step: bool = False) -> Any:
     return rec
 
 
-def word_positions(trace: Any, word: str, image: int = 0) -> list[int]:
+def word_positions(trace: Trace, word: str, image: int = 0) -> list[int]:
     """`trace.word_positions`, with a word that is not in the prompt as a one-line ValueError listing its words."""
     try:
         return trace.word_positions(word, image)

@@ -18,7 +18,7 @@ assigns bytes to the image widgets (`benchmarks/widget_frames.py`: well under th
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 import numpy as np
@@ -28,6 +28,10 @@ from IPython.display import display
 from sdviz.viz.widgets import frames as F
 from sdviz.viz.widgets.checks import need_cross_attention, need_latents, word_positions
 from sdviz.viz.widgets.common import StaticAnimation, note, panel
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
+    from sdviz.tracing import Trace
 
 CAPTIONS = {
     "x_t": "x_t, the noisy latent (preview)",
@@ -41,7 +45,7 @@ CAPTIONS = {
 }
 
 
-def _schedule(tr: Any) -> Any:
+def _schedule(tr: Trace) -> Any:
     from sdviz.config import SDConfig
     from sdviz.samplers.schedule import NoiseSchedule
 
@@ -71,9 +75,9 @@ class Player:
 
     def __init__(
         self,
-        trace: Any,
+        trace: Trace,
         image: int = 0,
-        pipe: Any = None,
+        pipe: StableDiffusion | None = None,
         word: str | None = "auto",
         size: int = 160,
         fps: float = 8,
@@ -108,7 +112,7 @@ class Player:
         word_positions(self.trace, word, self.image)  # not in the prompt: one line listing the prompt's words
         return word
 
-    def _decoded(self, pipe: Any) -> np.ndarray | None:
+    def _decoded(self, pipe: StableDiffusion) -> np.ndarray | None:
         """Every step's x0 decoded by the VAE: (S, H, W, 3) uint8, from the trace or decoded here with `pipe`."""
         if self.latents.decoded is not None:
             return self.latents.decoded[:, self.image].permute(0, 2, 3, 1).numpy()
@@ -253,6 +257,6 @@ class Player:
             display(self.static_animation())
 
 
-def player(trace: Any, **kw: Any) -> Player:
+def player(trace: Trace, **kw: Any) -> Player:
     """A `Player` of a trace: `player(tr)` as the last expression of a cell shows it. See `Player`."""
     return Player(trace, **kw)

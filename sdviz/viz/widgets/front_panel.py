@@ -14,7 +14,7 @@ not a multiple of 8, steps < 1, an unknown sampler...) shows the pipeline's one-
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 import numpy as np
@@ -23,6 +23,12 @@ from IPython.display import display
 
 from sdviz.viz.widgets import frames as F
 from sdviz.viz.widgets.common import error, panel
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import GenerationResult, StableDiffusion, StepInfo
+    from sdviz.tracing import Trace
+    from sdviz.viz.widgets.attention import Explorer
+    from sdviz.viz.widgets.denoising import Player
 
 PROMPT = "a large red circle above a small blue square"
 DECODE_PIXELS = 256 * 256  # decode every step's x0 with the VAE up to this picture size (cheap for small pictures)
@@ -70,7 +76,7 @@ class Studio:
 
     def __init__(
         self,
-        pipe: Any = None,
+        pipe: StableDiffusion | None = None,
         prompt: str = PROMPT,
         negative: str = "",
         seed: int = 1,
@@ -85,10 +91,10 @@ class Studio:
 
         self.pipe = load_pipeline() if pipe is None else pipe
         self.panel_size = panel_size
-        self.trace: Any = None
-        self.result: Any = None
-        self.player: Any = None
-        self.explorer: Any = None
+        self.trace: Trace | None = None
+        self.result: GenerationResult | None = None
+        self.player: Player | None = None
+        self.explorer: Explorer | None = None
         wide = W.Layout(width="640px")
         style = {"description_width": "100px"}
         self.prompt = W.Text(value=prompt, description="prompt", layout=wide, style=style)
@@ -190,12 +196,12 @@ class Studio:
         self._say(f"done: seed {tr.info['seeds'][0]}, {len(tr.timesteps)} steps, {tr.info['sampler']}{note}")
         return tr
 
-    def _run(self, tr: Any, settings: dict[str, Any]) -> Any:
+    def _run(self, tr: Trace, settings: dict[str, Any]) -> Any:
         with tr:
             self.result = self.pipe.generate(progress=False, on_step=lambda step: self._on_step(tr, step), **settings)
         return tr
 
-    def _on_step(self, tr: Any, step: Any) -> None:
+    def _on_step(self, tr: Trace, step: StepInfo) -> None:
         """After each step: the progress bar, and the predicted clean picture (decoded, or the linear preview)."""
         n = len(tr.timesteps)
         self.progress.max, self.progress.value = n, step.index + 1
@@ -210,7 +216,7 @@ class Studio:
             f"step {step.index} / {n - 1}, t = {step.t}</div>"
         )
 
-    def _show_trace(self, tr: Any) -> None:
+    def _show_trace(self, tr: Trace) -> None:
         from sdviz.viz.widgets.attention import Explorer
         from sdviz.viz.widgets.denoising import Player
 
@@ -285,6 +291,6 @@ class Studio:
         display(self.widget)
 
 
-def studio(pipe: Any = None, **kw: Any) -> Studio:
+def studio(pipe: StableDiffusion | None = None, **kw: Any) -> Studio:
     """A `Studio` front panel on `pipe` (default: the embedded model). See `Studio`."""
     return Studio(pipe, **kw)

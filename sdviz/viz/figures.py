@@ -84,7 +84,7 @@ def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int 
     """The README figures as {file name: matplotlib Figure}, for `pipe` (default: the embedded model)."""
     from sdviz.pipeline import load_pipeline
     from sdviz.tracing import trace
-    from sdviz.viz import edit_figures, lessons, plots
+    from sdviz.viz import edit_figures, lessons, plots, sampler_figures
 
     pipe = load_pipeline() if pipe is None else pipe
     settings = {**SETTINGS, "steps": steps}
@@ -115,6 +115,7 @@ def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int 
         "noise_schedule.png": plots.noise_schedule_figure(pipe, tr.timesteps),
         "edit_reweight.png": edit_figures.reweight_figure(pipe, prompt, EDIT_WORD, EDIT_WEIGHTS, seed, **settings),
         "edit_replace.png": edit_figures.replace_figure(pipe, EDIT_SOURCE, EDIT_TARGET, seed=EDIT_SEED, **settings),
+        "sampler_predictions.png": sampler_figures.predictions_figure(pipe, prompt, seed),  # 10 steps each
     }
 
 
@@ -127,17 +128,21 @@ def save(fig: Any, path: Path, dpi: int = 100) -> Path:
 def write_readme_figures(out_dir: str | Path = "readme-images", pipe: Any = None, steps: int = SETTINGS["steps"]):
     """Render the README figures into `out_dir` (created if needed); returns the paths written.
 
-    With the embedded model (pipe=None), also its training losses, from the logs shipped beside its weights.
+    With the embedded model (pipe=None), also its training losses, from the logs shipped beside its weights, and
+    the samplers' accuracy per step count, from their measured record (`python -m sdviz.viz.sampler_figures`).
     """
     from sdviz.pipeline import EMBEDDED_MODEL
     from sdviz.viz.animate import readme_animation
     from sdviz.viz.plots import training_losses_figure
+    from sdviz.viz.sampler_figures import quality_chart
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = render(pipe, steps=steps)
     if pipe is None and (EMBEDDED_MODEL / "log_unet.csv").is_file():
         figures["training_losses.png"] = training_losses_figure(EMBEDDED_MODEL)
+    if pipe is None:
+        figures["sampler_quality.png"] = quality_chart()  # drawn from readme-images/sampler_quality.json
     written = [save(fig, out / name) for name, fig in figures.items()]
     return written + [readme_animation(out, pipe, PROMPT, SEED, steps)]  # the README's animation of the denoising
 

@@ -84,7 +84,7 @@ def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int 
     """The README figures as {file name: matplotlib Figure}, for `pipe` (default: the embedded model)."""
     from sdviz.pipeline import load_pipeline
     from sdviz.tracing import trace
-    from sdviz.viz import edit_figures, lessons, plots, sampler_figures
+    from sdviz.viz import edit_figures, lessons, plots, relations_figure, sampler_figures
 
     pipe = load_pipeline() if pipe is None else pipe
     settings = {**SETTINGS, "steps": steps}
@@ -107,6 +107,7 @@ def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int 
         "groupnorm.png": plots.groupnorm_figure(tr),
         "attention_words.png": plots.attention_overlay(tr),
         "attention_steps.png": plots.attention_grid(tr),
+        "relations.png": relations_figure.relations_figure(pipe, **settings),  # a relation drawn wrong, its maps
         "self_attention.png": plots.self_attention_figure(tr, SELF_ATTENTION_LAYERS, self_attention_pixels(picture)),
         "clip_encoder.png": lessons.clip_figure(pipe, prompt),
         "img2img_strength.png": plots.strength_figure(pipe, picture, IMG2IMG_PROMPTS, seed=seed, **strength),

@@ -7,6 +7,8 @@
     train.py               the two training stages and `train()`; loop.py holds its machinery (checkpoints,
                            logs, Ctrl-C, learning-rate schedule, EMA)
     evaluate.py            the held-out generation loop, the judge's rates, the model card
-    validate_attention.py  cross-attention word maps against the objects' true pixels (mIoU)
+    validate_attention.py  cross-attention word maps against the objects' true pixels (mIoU), and the ablation
+                           ladder of the aggregators; attention_ladder.md is its output (`sdviz validate-attention
+                           --ladder --threads 1 --out sdviz/toy/attention_ladder.md`)
     model/                 the shipped weights, their card and training logs
 """

@@ -46,6 +46,7 @@ class AttentionLayer:
     n: int  # query positions (pixels)
     m: int  # key positions (tokens for cross-attention, pixels for self-attention)
     hw: tuple[int, int]  # the pixel grid of the queries
+    channels: int = 0  # heads x head width (the values a trace keeps with per-(layer, head) maps are (m, channels))
 
     @property
     def resolution(self) -> str:
@@ -91,7 +92,10 @@ def unet_layout(cfg: UNetConfig, latent_hw: tuple[int, int], context_length: int
     x = torch.empty(1, cfg.in_channels, *latent_hw, device="meta")
     context = torch.empty(1, context_length, cfg.context_dim, device="meta")
     p = probe(cfg, x, 999, context)
-    attention = {n: AttentionLayer(n, a.kind, a.heads, a.n, a.m, a.hw) for n, a in p.attention.items()}
+    attention = {
+        n: AttentionLayer(n, a.kind, a.heads, a.n, a.m, a.hw, p.calls[n.removesuffix(".hook_probs")][-1].inputs[0][-1])
+        for n, a in p.attention.items()
+    }
     return UNetLayout(
         latent=(cfg.in_channels, *latent_hw),
         hooks=dict(p.hooks),
@@ -253,6 +257,8 @@ def plan_bytes(
             key = name if ("layer" in k or kind == "self_attention") else a.resolution
             h = a.heads if "head" in k else 1
             groups[key] = s * b * h * a.n * a.m + s * b  # the sums and their counts
+            if kind == "cross_attention" and {"layer", "head"} <= k:
+                groups[key] += b * a.m * a.channels  # the layer's values, for the output-space projection
             # while a layer is observed: scores and softmax of one chunk of queries (sdviz.models.attention)
             chunk = probs_chunk(rows_per_call, a.heads, a.n, a.m)
             est.transient = max(est.transient, 2 * rows_per_call * a.heads * chunk * a.m * FLOAT)

@@ -5,7 +5,7 @@ user asks to keep an axis. Every record can turn itself into a dict of plain ten
 (`state_dict`) and back (`from_state_dict`), which is how a trace is saved to one file and shown elsewhere.
 
     AttentionRecord   cross- or self-attention probabilities, summed over heads, layers of a resolution and steps
-                      (DAAM's reduction), or kept per step / layer / head on request
+                      (sdviz's default reduction, close to DAAM's), or kept per step / layer / head on request
     GroupNormRecord   per layer and step: each group's mean and std, of the GroupNorm's input and of its output
     TimeEmbeddingRecord  per step: the sinusoidal embedding of t and its MLP output
     LatentsRecord     per step: x_t, eps_cond, eps_uncond, eps (guided) and the predicted x0, with RGB previews
@@ -71,12 +71,17 @@ class AttentionRecord:
     A layer's probabilities at one UNet call are (b, heads, n, m): for each of the n query pixels, a distribution
     over the m keys (prompt tokens for cross-attention, pixels for self-attention). By default they are summed over
     heads, over the layers that share a resolution, and over the recorded steps, into one (B, n, m) tensor per
-    resolution: the reduction of DAAM (Tang et al. 2022), whose maps match human masks best. `keep` names the axes
-    kept instead: "step", "layer", "head". Self-attention is always kept per layer.
+    resolution: close to DAAM's reduction (Tang et al. 2022), not the same (`sdviz.tracing.aggregate` lists the
+    differences). `keep` names the axes kept instead: "step", "layer", "head". Self-attention is always kept per
+    layer.
 
     Storage: `sums[key]` is (S, B, H, n, m) with S = recorded steps if "step" is kept else 1, H = heads if "head"
     is kept else 1; `counts[key]` (S, B) is how many single-head maps were added into each cell, so
     `sums / counts` is the average head's map (rows sum to 1).
+
+    A cross-attention record that keeps "layer" and "head" also keeps each layer's values, `values[layer]`
+    (B, heads, m, d), constant over the steps: with them the attention's output is probs @ V, and a word map can be
+    read in the output space (`sdviz.tracing.aggregate`, ConceptAttention's projection).
     """
 
     def __init__(
@@ -110,6 +115,12 @@ class AttentionRecord:
             self.counts[key] = torch.zeros(s, images, device=device)
             self.grid[key] = a.hw
         self._slot = {step: i for i, step in enumerate(self.steps)}
+        self.values: dict[str, Tensor] = {}  # layer -> (B, heads, m, d), when keeping values (see `keeps_values`)
+
+    @property
+    def keeps_values(self) -> bool:
+        """Does this record keep each layer's values (cross-attention kept per layer and head)?"""
+        return self.kind == "cross_attention" and {"layer", "head"} <= self.keep
 
     # -- filling ---------------------------------------------------------------------------------------------------
 
@@ -126,13 +137,21 @@ class AttentionRecord:
         if queries.start in (None, 0):
             self.counts[key][s, images] += 1 if "head" in self.keep else probs.shape[1]
 
+    def add_values(self, layer: str, images: slice, v: Tensor) -> None:
+        """Keep a layer's values (b, heads, m, d) of images `images` (the same at every step: the last call stays)."""
+        if layer not in self.values:
+            images_total = next(iter(self.sums.values())).shape[1]
+            self.values[layer] = torch.zeros(images_total, *v.shape[1:], device=v.device)
+        self.values[layer][images].copy_(v)
+
     def to(self, device: torch.device | str) -> AttentionRecord:
         self.sums = {k: v.to(device) for k, v in self.sums.items()}
         self.counts = {k: v.to(device) for k, v in self.counts.items()}
+        self.values = {k: v.to(device) for k, v in self.values.items()}
         return self
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for d in (self.sums, self.counts) for t in d.values())
+        return sum(t.numel() * t.element_size() for d in (self.sums, self.counts, self.values) for t in d.values())
 
     # -- asking ----------------------------------------------------------------------------------------------------
 
@@ -235,6 +254,7 @@ class AttentionRecord:
             "layers": [[a.name, a.kind, a.heads, a.n, a.m, list(a.hw)] for a in self.layers.values()],
             "sums": {k: v.cpu() for k, v in self.sums.items()},
             "counts": {k: v.cpu() for k, v in self.counts.items()},
+            "values": {k: v.cpu() for k, v in self.values.items()},
         }
 
     @classmethod
@@ -246,6 +266,7 @@ class AttentionRecord:
         rec.layers = {a.name: a for a in layers}
         rec.key_of = {a.name: (a.name if "layer" in rec.keep else a.resolution) for a in layers}
         rec.sums, rec.counts = dict(d["sums"]), dict(d["counts"])
+        rec.values = dict(d.get("values", {}))
         rec.grid = {rec.key_of[a.name]: a.hw for a in layers}
         rec._slot = {step: i for i, step in enumerate(rec.steps)}
         return rec

@@ -159,6 +159,9 @@ class Trace:
             for kind in ("cross_attention", "self_attention"):
                 for name in self.layers.get(kind, []):
                     self._listen(points[name], partial(self._on_probs, kind, name))
+            if {"layer", "head"} <= self.keep.get("cross_attention", set()):  # the values, for the output projection
+                for name in self.layers.get("cross_attention", []):
+                    self._listen(points[name.replace(".hook_probs", ".hook_values")], partial(self._on_values, name))
             for i, layer in enumerate(self.layers.get("groupnorm", [])):
                 self._listen(points[f"{layer}.hook_in"], partial(self._on_norm, i, 0))
                 self._listen(points[f"{layer}.hook_out"], partial(self._on_norm, i, 1))
@@ -308,6 +311,9 @@ class Trace:
     def _on_probs(self, kind: str, name: str, probs: Tensor, call: HookCall) -> None:
         self.records[kind].add(name, self._step, self._images, probs, call.queries)
 
+    def _on_values(self, name: str, v: Tensor, call: HookCall) -> None:
+        self.records["cross_attention"].add_values(name, self._images, v)
+
     def _on_norm(self, layer: int, which: int, x: Tensor, call: HookCall) -> None:
         self.records["groupnorm"].add(layer, which, self._step, self._images, x)
 
@@ -404,32 +410,56 @@ class Trace:
                 raise KeyError(f"{word!r} is not a word of the prompt {self.prompts[image]!r}; its words: {words}")
         return [p for p, wi in enumerate(e["word_index"]) if wi in indices]
 
-    def token_maps(self, image: int = 0, size: tuple[int, int] | None = None, **select: Any) -> Tensor:
+    def token_maps(
+        self, image: int = 0, size: tuple[int, int] | None = None, method: Any = None, **select: Any
+    ) -> Tensor:
         """Cross-attention map of every token position, upsampled to the image size: (77, H, W).
 
-        `select` chooses what to average: steps=, resolution= (e.g. 16 or (16, 16)), layers= (with keep=["layer"]),
+        `method` is the aggregator: "sdviz" (the default: every layer, summed per resolution, bilinear, averaged),
+        "daam" (DAAM 0.2.0 exactly; needs keep=["layer", "head"]), "best" (the best on the toy world's ground truth,
+        for the toy model only; needs `sdviz.trace(pipe, **aggregate.BEST.needs())`) or an
+        `sdviz.tracing.aggregate.Aggregator`. "sdviz" differs from DAAM in five ways: it reads the mid block too,
+        sums per resolution and upsamples bilinearly (DAAM: each (layer, head) bicubically, clamped at 0), averages
+        over steps (DAAM sums), finds a word's tokens by word (DAAM by token matching) and streams sums (DAAM keeps
+        every head); the module `sdviz.tracing.aggregate` details each and why the default stays "sdviz".
+        `select` narrows what is averaged: steps=, resolution= (e.g. 16 or (16, 16)), layers= (with keep=["layer"]),
         heads= (with keep=["head"]).
         """
-        return self.cross_attention.combined(size or self.image_size, image, **select)
+        from sdviz.tracing import aggregate
 
-    def word_map(self, word: str | int, image: int = 0, size: tuple[int, int] | None = None, **select: Any) -> Tensor:
-        """Where a prompt word was attended to: the mean of its sub-tokens' maps, upsampled to the image size, (H, W).
+        return aggregate.token_maps(self, image, size, method, **select)
 
-        DAAM's word map: a word split into several tokens ("cyan" -> "cy", "an") averages them, and so does a word
-        that occurs twice. Values are average attention probabilities (a uniform map would be 1/77 everywhere);
-        normalise for display (`plots` does).
+    def word_map(
+        self, word: str | int, image: int = 0, size: tuple[int, int] | None = None, method: Any = None, **select: Any
+    ) -> Tensor:
+        """Where a prompt word was attended to: the mean of its tokens' maps, upsampled to the image size, (H, W).
+
+        A word split into several tokens ("cyan" -> "cy", "an") averages them, and so does a word that occurs twice.
+        With the default method ("sdviz") values are average attention probabilities (a uniform map would be 1/77
+        everywhere); normalise for display (`plots` does). `method` and `select` as in `token_maps`; with
+        method="daam", a word's tokens are found as DAAM finds them (every match of its token sequence).
         """
-        positions = self.word_positions(word, image)
-        return self.token_maps(image, size, **select)[positions].mean(0)
+        from sdviz.tracing import aggregate
+
+        agg = aggregate.get(method)
+        return self.token_maps(image, size, agg, **select)[aggregate.positions(self, word, image, agg)].mean(0)
 
     def word_maps(
-        self, words: Iterable[str] | None = None, image: int = 0, size: tuple[int, int] | None = None, **select: Any
+        self,
+        words: Iterable[str] | None = None,
+        image: int = 0,
+        size: tuple[int, int] | None = None,
+        method: Any = None,
+        **select: Any,
     ) -> dict[str, Tensor]:
         """`word_map` for several words (default every word of the prompt), in one pass: {word: (H, W)}."""
+        from sdviz.tracing import aggregate
+
         self._info()
+        agg = aggregate.get(method)
         words = list(dict.fromkeys(self.encodings[image]["words"])) if words is None else list(words)
-        maps = self.token_maps(image, size, **select)
-        return {w: maps[self.word_positions(w, image)].mean(0) for w in words}
+        maps = self.token_maps(image, size, agg, **select)
+        return {w: maps[aggregate.positions(self, w, image, agg)].mean(0) for w in words}
 
     def nbytes(self) -> int:
         """Bytes the records hold now."""

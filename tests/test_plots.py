@@ -113,6 +113,20 @@ def test_the_overlay_shows_each_word_map_on_one_scale_or_each_on_its_own(traced)
         plots.attention_overlay(tr, scale="log")
 
 
+def test_the_overlay_draws_the_word_maps_of_the_method_it_is_given(traced):
+    from sdviz.tracing.aggregate import SDVIZ
+
+    _, tr = traced
+    method = SDVIZ.with_(renormalise=True, steps=(0.5, 1.0))  # what this trace (keep=["step"]) can give
+    fig = plots.attention_overlay(tr, words=["red", "circle"], method=method, scale="panel")
+    for ax, w in zip([ax for ax in fig.axes if ax.images][1:], ["red", "circle"], strict=True):
+        expected = plots._normalise(tr.word_map(w, method=method))
+        assert not np.allclose(expected, plots._normalise(tr.word_map(w)))  # a different map from the default's
+        np.testing.assert_allclose(np.asarray(ax.images[1].get_array()), expected, rtol=1e-6)
+    with pytest.raises(KeyError, match="layer"):  # DAAM reads every (layer, head): this trace summed them
+        plots.attention_overlay(tr, method="daam")
+
+
 def test_the_time_embedding_shows_no_pattern_that_is_not_there():
     """Rows too fast for the panel's width are greyed (they would alias into moire), and the cos and sin halves are
     two curves each, not one line that joins the last cos dimension to the first sin one."""

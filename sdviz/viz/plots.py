@@ -84,16 +84,17 @@ def attention_overlay(
     words: Iterable[str] | None = None,
     alpha: float = 0.55,
     scale: str = "shared",
+    method: Any = None,
     **select: Any,
 ) -> Figure:
     """The generated picture, then one panel per word: its cross-attention map over the picture.
 
     `scale="shared"` (default) draws every map on one absolute scale (attention probability, 0 to the highest value
     of any panel), so a word that barely looked anywhere ("above", "small") looks faint; `scale="panel"` stretches
-    each map to its own [min, max] to show its shape, and titles give each panel's max. `select` chooses steps=,
-    resolution=, layers=, heads= as in `Trace.word_map`."""
+    each map to its own [min, max] to show its shape, and titles give each panel's max. `method` is the word-map
+    aggregator and `select` chooses steps=, resolution=, layers=, heads=, as in `Trace.word_map`."""
     words = default_words(tr, image) if words is None else list(words)
-    maps = tr.word_maps(words, image=image, **select)
+    maps = tr.word_maps(words, image=image, method=method, **select)
     shown, top = _shown(maps, scale)
     picture = _picture(tr, image)
     fig = Figure(figsize=(2.2 * (len(words) + 1) + 0.6, 2.75), layout="constrained")
@@ -137,18 +138,19 @@ def attention_grid(
     n: int = 6,
     scale: str = "shared",
     alpha: float = 0.6,
+    method: Any = None,
     **select: Any,
 ) -> Figure:
     """A grid: one row per step (n of the recorded ones, evenly spread, unless `steps` is given); the first column is
     the picture the model predicted at that step, then one column per word, its map at that step over the final
-    picture. `scale` as in `attention_overlay` ("shared": one absolute scale for the whole grid). Needs a trace
-    recorded with keep=["step"]."""
+    picture. `scale` and `method` as in `attention_overlay` ("shared": one absolute scale for the whole grid). Needs a
+    trace recorded with keep=["step"]."""
     rec = tr.cross_attention
     if "step" not in rec.keep:
         raise ValueError("attention_grid needs per-step maps: trace with sdviz.trace(pipe, keep=['step'])")
     words = default_words(tr, image) if words is None else list(words)
     steps = _pick(rec.steps, n) if steps is None else list(steps)
-    per_step = [tr.word_maps(words, image=image, steps=[s], **select) for s in steps]
+    per_step = [tr.word_maps(words, image=image, steps=[s], method=method, **select) for s in steps]
     if scale == "shared":
         top = max(float(np.asarray(m).max()) for maps in per_step for m in maps.values()) or 1.0
         shown = [{w: np.asarray(m, dtype=np.float64) for w, m in maps.items()} for maps in per_step]

@@ -8,9 +8,10 @@
 Pick a word (or, with "tokens", a BPE token, the start token or the padding), a window of steps to aggregate, a
 resolution or a single layer, the mean of the heads or one head; choose the colour scale (each map to its own
 min..max, or one scale shared by all the entries, so that their strengths compare) and the overlay's opacity. Click
-a pixel to see every word ranked by its attention there. The numbers are the trace's own (`Trace.word_map`: DAAM's
-aggregation, average attention probabilities); the maps are computed for the shown entries only and cached per
-choice (`maps.AttentionMaps`), so a new word costs a look-up and a new window one small reduction.
+a pixel to see every word ranked by its attention there. The numbers are the trace's own (`Trace.word_map`'s
+default method "sdviz", average attention probabilities; the explorer draws that method only, the others are in
+`sdviz.tracing.aggregate`); the maps are computed for the shown entries only and cached per choice
+(`maps.AttentionMaps`), so a new word costs a look-up and a new window one small reduction.
 """
 
 from __future__ import annotations

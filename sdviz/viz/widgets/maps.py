@@ -2,9 +2,10 @@
 
 `Trace.word_map` upsamples the maps of all 77 token positions and then averages a word's positions; a widget that
 redraws on every slider move needs only the handful of entries it shows. `AttentionMaps` computes the same numbers
-(DAAM's aggregation: heads and layers summed, each resolution upsampled bilinearly and weighted by the number of
-single-head maps it holds) for the chosen groups of positions only. It keeps, once, running sums over the steps of
-those few columns, so that any window of steps costs one subtraction per layer, and caches the maps per choice.
+(`word_map`'s default method "sdviz", close to DAAM's but not the same, see `sdviz.tracing.aggregate`: heads and
+layers summed, each resolution upsampled bilinearly and weighted by the number of single-head maps it holds) for the
+chosen groups of positions only. It keeps, once, running sums over the steps of those few columns, so that any
+window of steps costs one subtraction per layer, and caches the maps per choice.
 `tests/test_widgets.py` checks that they equal `Trace.word_map`.
 
     maps = AttentionMaps(tr, image=0, size=(64, 64))

@@ -193,6 +193,24 @@ def test_the_pickers_choose_what_word_map_aggregates(tr):
     np.testing.assert_allclose(ex.current_map(), expected, rtol=1e-5, atol=1e-7)
 
 
+def test_the_method_picker_draws_the_aggregators_the_trace_holds_enough_for(tr, summed):
+    ex = explorer(tr, word="circle", animation=False)
+    assert ex.methods == ["sdviz", "daam"]  # "best" also needs self-attention, which this trace did not record
+    ex.method.value = "daam"
+    assert ex.where.disabled and ex.head.disabled  # DAAM chooses its own layers and heads
+    expected = tr.word_map("circle", size=ex.maps.size, method="daam").numpy()
+    np.testing.assert_allclose(ex.current_map(), expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(expected, tr.word_map("circle", size=ex.maps.size).numpy(), rtol=0.05)  # another map
+    ex.window.value = (1, 3)
+    expected = tr.word_map("circle", size=ex.maps.size, method="daam", steps=[1, 2, 3]).numpy()
+    np.testing.assert_allclose(ex.current_map(), expected, rtol=1e-5, atol=1e-7)
+    assert "method &#x27;daam&#x27;" in ex.caption.value  # (escaped in the HTML)
+    ex.method.value = "sdviz"
+    assert not ex.where.disabled and not ex.head.disabled
+    lean = explorer(summed, animation=False)  # the default trace sums layers and heads: sdviz's method only
+    assert lean.methods == ["sdviz"] and lean.method.disabled and "keep=['layer', 'head']" in lean.hints.value
+
+
 def test_a_shared_colour_scale_spans_every_word_and_says_so(tr):
     ex = explorer(tr, word="circle", animation=False)
     ex.scale.value = "shared"

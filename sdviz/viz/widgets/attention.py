@@ -8,10 +8,12 @@
 Pick a word (or, with "tokens", a BPE token, the start token or the padding), a window of steps to aggregate, a
 resolution or a single layer, the mean of the heads or one head; choose the colour scale (each map to its own
 min..max, or one scale shared by all the entries, so that their strengths compare) and the overlay's opacity. Click
-a pixel to see every word ranked by its attention there. The numbers are the trace's own (`Trace.word_map`'s
-default method "sdviz", average attention probabilities; the explorer draws that method only, the others are in
-`sdviz.tracing.aggregate`); the maps are computed for the shown entries only and cached per choice
-(`maps.AttentionMaps`), so a new word costs a look-up and a new window one small reduction.
+a pixel to see every word ranked by its attention there. The numbers are the trace's own: with the method "sdviz"
+(`Trace.word_map`'s default, average attention probabilities) the maps are computed for the shown entries only and
+cached per choice (`maps.AttentionMaps`), so a new word costs a look-up and a new window one small reduction. The
+method picker also offers the other aggregators of `sdviz.tracing.aggregate` that the trace holds enough for
+("daam" with keep=["layer", "head"]; "best", the toy model's own, with `aggregate.BEST.needs()`): those choose their
+own layers and heads, so the layer and head pickers rest while they are shown.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sdviz.viz.widgets.common import StaticAnimation, colour_bar
 from sdviz.viz.widgets.maps import AttentionMaps, map_size
 
 START, END = "<|startoftext|>", "<|endoftext|>"
+METHODS = {"sdviz": "sdviz (every layer, bilinear)", "daam": "DAAM 0.2.0", "best": "best on the toy world"}
 
 
 def _short_layer(name: str) -> str:
@@ -83,8 +86,26 @@ class Explorer:
         self.pixel: tuple[int, int] | None = None  # (y, x) on the map grid, after a click
         self._quiet = False
         self.ranked: list[tuple[str, float]] = []
+        self._method_maps: dict[tuple, Any] = {}  # (method, steps) -> (77, H, W) maps of an aggregator
+        self.methods = ["sdviz"] + [m for m in METHODS if m != "sdviz" and self._holds(m)]
         self._build(word or default_words(trace, image)[0], tokens, alpha)
         self.redraw()
+
+    def _holds(self, method: str) -> bool:
+        """Whether the trace holds what `method` needs (tried once, on the whole run; the result is kept)."""
+        try:
+            self._token_maps(method, None)
+        except (KeyError, ValueError):  # e.g. per-head maps or self-attention not recorded, or another model's heads
+            return False
+        return True
+
+    def _token_maps(self, method: str, steps: tuple[int, int] | None) -> Any:
+        """(77, H, W) maps of every token position under an aggregator other than "sdviz", cached per window."""
+        key = (method, steps)
+        if key not in self._method_maps:
+            window = None if steps is None else list(range(steps[0], steps[1] + 1))
+            self._method_maps[key] = self.trace.token_maps(self.image, self.maps.size, method, steps=window).numpy()
+        return self._method_maps[key]
 
     @staticmethod
     def _token_name(token: str) -> str:
@@ -97,6 +118,10 @@ class Explorer:
         style = {"description_width": "110px"}
         self.entry = W.ToggleButtons(options=list(self.words), value=word, description="word", style=style)
         self.entry.add_class("sdviz-words")
+        self.method = W.Dropdown(
+            options=[(METHODS[m], m) for m in self.methods], value="sdviz", description="method", style=style,
+            disabled=len(self.methods) == 1,
+        )  # fmt: skip
         self.show_tokens = W.Checkbox(value=False, description="tokens (BPE pieces, start, padding)", indent=False)
         steps = maps.steps
         self.window = W.IntRangeSlider(
@@ -135,12 +160,14 @@ class Explorer:
             hints.append("single layers: trace with keep=['layer']")
         if not maps.heads:
             hints.append("single heads: trace with keep=['head']")
+        if len(self.methods) == 1:
+            hints.append("DAAM's method: trace with keep=['layer', 'head']")
         hint = html.escape("; ".join(hints), quote=False)
         self.hints = W.HTML(f"<div style='font-size:11px;color:#666'>{hint}</div>")
         if tokens:
             self.show_tokens.value = True
             self._on_tokens({"new": True})
-        for control in (self.entry, self.window, self.where, self.head, self.scale, self.alpha):
+        for control in (self.entry, self.method, self.window, self.where, self.head, self.scale, self.alpha):
             control.observe(self._on_change, names="value")
         self.show_tokens.observe(self._on_tokens, names="value")
         try:  # clicks on the picture: ipyevents reports them in the picture's own pixel coordinates
@@ -151,8 +178,8 @@ class Explorer:
         except ImportError:  # pragma: no cover - ipyevents is a dependency; without it, no pixel inspection
             self._events = None
         title = W.HTML(f"<b>cross-attention</b>: {html.escape(repr(self.trace.prompts[self.image]))}")
-        controls = W.VBox([self.entry, self.show_tokens, self.window, W.HBox([self.where, self.head]), self.scale,
-                           self.alpha, self.hints])  # fmt: skip
+        controls = W.VBox([self.entry, self.show_tokens, self.method, self.window, W.HBox([self.where, self.head]),
+                           self.scale, self.alpha, self.hints])  # fmt: skip
         self.widget = W.VBox([title, controls, W.HBox([W.VBox([self.image_widget, self.caption]), self.ranking])])
         self.widget.add_class("sdviz-explorer")
 
@@ -180,6 +207,9 @@ class Explorer:
             self.redraw()
 
     def _on_change(self, change: dict) -> None:
+        own = self.method.value == "sdviz"  # the other methods choose their own layers and heads
+        self.where.disabled = not own
+        self.head.disabled = not own or not self.maps.heads
         if not self._quiet:
             self.redraw()
 
@@ -200,6 +230,13 @@ class Explorer:
     def entry_maps(self, entries: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
         """{entry: (H, W) map} of the listed entries (default: those of the picker) for the current choice."""
         entries = self._entries() if entries is None else entries
+        if self.method.value != "sdviz":
+            from sdviz.tracing import aggregate
+
+            maps, agg = self._token_maps(self.method.value, self.selection()["steps"]), aggregate.get(self.method.value)
+            words = entries is self.words  # a word's positions as the method finds them (DAAM: token matching)
+            where = {k: aggregate.positions(self.trace, k, self.image, agg) if words else v for k, v in entries.items()}
+            return {k: maps[v].mean(0) for k, v in where.items()}
         stack = self.maps.compute(list(entries.values()), **self.selection())
         return dict(zip(entries, stack, strict=True))
 
@@ -237,12 +274,15 @@ class Explorer:
         else:
             lo, hi = float(m.min()), float(m.max())
             what = "colour scale: per map (this map's min to max)"
+        if self.method.value != "sdviz":
+            what += f"; method {self.method.value!r}"
         layer = F.resize(F.heat(m, lo, hi), self.shown_hw)
         shown = F.blend(self.picture, layer, float(self.alpha.value))
         if self.pixel is not None:
             shown = self._mark(shown)
         self.image_widget.value = F.png(shown)
-        self.caption.value = colour_bar(lo, hi, f"{what}; mean attention probability", width=240)
+        unit = "mean attention probability" if self.method.value == "sdviz" else "the method's score"
+        self.caption.value = colour_bar(lo, hi, f"{what}; {unit}", width=240)
         if self.pixel is not None:
             self.ranked = self.rank(*self.pixel)
             self.ranking.value = self._ranking_html()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,47 @@ def test_unet_learns_and_exports_a_loadable_model(tmp_path: Path) -> None:
     assert image.size == (64, 64)
     fig = T.plot_losses(tmp_path)
     assert len(fig.axes) >= 2
+
+
+def test_relations_stage_fine_tunes_stage_2_and_resumes_exactly(tmp_path: Path) -> None:
+    """Stage 3 starts from stage 2's EMA weights, keeps the VAE, resumes exactly and exports its own EMA."""
+    full, split = tmp_path / "full", tmp_path / "split"
+    T.train(full, stage="vae", steps=3, **KW)
+    T.train(full, stage="unet", steps=4, **KW)
+    shutil.copytree(full, split)  # the same stages 1 and 2
+    start = T.load_trained(full, stage="unet")
+    T.train(full, stage="relations", steps=6, p_two=1.0, **KW)
+    T.train(split, stage="relations", steps=6, p_two=1.0, stop_after=3, **KW)
+    summary = T.train(split, stage="relations", steps=6, p_two=1.0, **KW)
+    assert _losses(split, "relations") == _losses(full, "relations") and len(_losses(full, "relations")) == 6
+    assert T.load_checkpoint(full, "relations")["settings"]["p_two"] == 1.0
+    end = T.load_trained(full)  # the latest stage: relations
+    assert T.load_trained(full, stage="unet").unet.state_dict().keys() == end.unet.state_dict().keys()
+    assert any(not torch.equal(a, b) for a, b in zip(start.unet.parameters(), end.unet.parameters(), strict=True))
+    for a, b in zip(start.vae.state_dict().values(), end.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    meta = json.loads((Path(summary["model"]) / "sdviz.json").read_text())
+    assert meta["card"]["unet_steps"] == 4 and meta["card"]["relations_steps"] == 6
+    assert set(meta["card"]["summary"]) == {"vae", "unet", "relations"}
+
+
+def test_relations_stage_from_a_model_folder(tmp_path: Path) -> None:
+    """`init`: a run that starts from a trained model (the shipped one, in practice) keeps its VAE bit for bit and
+    carries its training summary over."""
+    from sdviz.weights import load_models
+
+    T.train(tmp_path / "first", stage="vae", steps=3, **KW)
+    model = T.train(tmp_path / "first", stage="unet", steps=4, **KW)["model"]
+    summary = T.train(tmp_path / "second", stage="relations", steps=3, init=model, **KW)
+    assert summary["relations"]["finished"]
+    before, after = load_models(model), load_models(summary["model"])
+    for a, b in zip(before.vae.state_dict().values(), after.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert after.config.vae.scaling_factor == before.config.vae.scaling_factor
+    card = json.loads((Path(summary["model"]) / "sdviz.json").read_text())["card"]
+    assert card["summary"]["unet"]["steps"] == 4 and card["relations_steps"] == 3
+    with pytest.raises(ValueError, match="relations"):
+        T.train(tmp_path / "third", stage="unet", steps=1, init=model, **KW)
 
 
 def test_unet_stage_needs_a_trained_vae(tmp_path: Path) -> None:

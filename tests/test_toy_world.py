@@ -216,6 +216,16 @@ def test_random_captions_follow_the_stated_distribution() -> None:
     assert all(all(o.size is None for o in s.objects) or all(o.size for o in s.objects) for s in specs)
     with pytest.raises(ValueError, match="split"):
         W.random_spec(0, "test")
+    # The relations stage of training asks for more two-object scenes; the default mix draws the same as before.
+    more = np.mean(
+        [
+            len(W.random_spec(rng, "train", p_two=0.8).objects) == 2
+            for rng in [np.random.default_rng(4)]
+            for _ in range(2000)
+        ]
+    )
+    assert abs(more - 0.8) < 0.03, more
+    assert W.batch(8, 3)[1] == W.batch(8, 3, p_two=W.P_TWO_OBJECTS)[1]
 
 
 def test_two_objects_are_placed_along_their_relation() -> None:

@@ -54,6 +54,9 @@ class StageSettings:
     # VAE only: train on random crops of this size (0: whole images), and on whole images for the last 10% of
     # the steps. A convolutional VAE learns edges and colours as well from 32x32 crops, at a quarter of the cost.
     crop: int = 0
+    # UNet stages only: the share of two-object scenes (captions with a relation) in a batch (None: the world's
+    # own mix, `world.P_TWO_OBJECTS`).
+    p_two: float | None = None
 
 
 def lr_at(step: int, s: StageSettings) -> float:

@@ -316,11 +316,14 @@ def _rng(rng_or_seed: np.random.Generator | int | None) -> np.random.Generator:
 
 
 def random_spec(
-    rng_or_seed: np.random.Generator | int | None, split: str = "train", p_omit_size: float = P_OMIT_SIZE
+    rng_or_seed: np.random.Generator | int | None,
+    split: str = "train",
+    p_omit_size: float = P_OMIT_SIZE,
+    p_two: float = P_TWO_OBJECTS,
 ) -> SceneSpec:
     """A random caption of `split` ("train", "held_out" or "all"), as a spec that says where its objects are.
 
-    One or two objects (probability `P_TWO_OBJECTS`) of different colours, each colour, shape and size uniform;
+    One or two objects (two with probability `p_two`) of different colours, each colour, shape and size uniform;
     a uniform position (one object) or relation (two). With probability `p_omit_size` the caption leaves out the
     sizes (they are then drawn at random by `scene_from_spec`). A caption that is not in `split` is drawn again
     (rejection sampling: about one in five for "train").
@@ -329,7 +332,7 @@ def random_spec(
         raise ValueError(f"split must be 'train', 'held_out' or 'all', not {split!r}")
     rng = _rng(rng_or_seed)
     while True:
-        n = 2 if rng.random() < P_TWO_OBJECTS else 1
+        n = 2 if rng.random() < p_two else 1
         colours = [COLOURS[i] for i in rng.permutation(len(COLOURS))[:n]]  # n different colours
         say_size = rng.random() >= p_omit_size
         objects = tuple(
@@ -463,7 +466,10 @@ def scene_from_spec(spec: SceneSpec | str, seed: int | np.random.Generator | Non
 
 
 def sample_scene(
-    rng_or_seed: np.random.Generator | int | None, split: str = "train", p_omit_size: float = P_OMIT_SIZE
+    rng_or_seed: np.random.Generator | int | None,
+    split: str = "train",
+    p_omit_size: float = P_OMIT_SIZE,
+    p_two: float = P_TWO_OBJECTS,
 ) -> Scene:
     """Draw one random scene of `split`, with masks and caption word indices. The same seed gives the same scene.
 
@@ -471,15 +477,19 @@ def sample_scene(
     True
     """
     rng = _rng(rng_or_seed)
-    return scene_from_spec(random_spec(rng, split, p_omit_size), rng)
+    return scene_from_spec(random_spec(rng, split, p_omit_size, p_two), rng)
 
 
 def sample_scenes(
-    rng_or_seed: np.random.Generator | int | None, n: int, split: str = "train", p_omit_size: float = P_OMIT_SIZE
+    rng_or_seed: np.random.Generator | int | None,
+    n: int,
+    split: str = "train",
+    p_omit_size: float = P_OMIT_SIZE,
+    p_two: float = P_TWO_OBJECTS,
 ) -> list[Scene]:
-    """Draw `n` random scenes from `split` ("train", "held_out" or "all")."""
+    """Draw `n` random scenes from `split` ("train", "held_out" or "all"), two-object ones with probability `p_two`."""
     rng = _rng(rng_or_seed)
-    return [sample_scene(rng, split, p_omit_size) for _ in range(n)]
+    return [sample_scene(rng, split, p_omit_size, p_two) for _ in range(n)]
 
 
 def batch(
@@ -487,9 +497,11 @@ def batch(
     rng: np.random.Generator | int | None,
     split: str = "train",
     p_omit_size: float = P_OMIT_SIZE,
+    p_two: float = P_TWO_OBJECTS,
 ) -> tuple[torch.Tensor, list[str]]:
-    """A training batch: images (n, 3, 64, 64) float32 in [-1, 1] and their captions."""
-    scenes = sample_scenes(rng, n, split, p_omit_size)
+    """A training batch: images (n, 3, 64, 64) float32 in [-1, 1] and their captions (`p_two`: the share of
+    two-object scenes, i.e. of relations; the relations stage of training raises it)."""
+    scenes = sample_scenes(rng, n, split, p_omit_size, p_two)
     images = np.stack([s.image for s in scenes]).transpose(0, 3, 1, 2)  # (n, H, W, 3) -> (n, 3, H, W) uint8
     x = np.ascontiguousarray(images, dtype=np.float32) / 127.5 - 1.0  # in [-1, 1]
     return torch.from_numpy(x), [s.caption for s in scenes]

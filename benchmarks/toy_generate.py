@@ -78,7 +78,7 @@ def _print_accuracy() -> None:
     base, fast = rates["ddim 50"], rates["dpmpp_2m 20"]
     loss = max(100 * (base[k] - fast[k]) for k in ("colour", "shape"))  # negative: dpmpp_2m 20 does better
     met = "met" if loss <= ACCURACY_GOAL else "NOT met"
-    print(f"  colour/shape points lost by dpmpp_2m 20 against ddim 50: {loss:+.0f} (goal <= +2): {met}")
+    print(f"  colour/shape points lost by dpmpp_2m 20 against ddim 50: {loss:+.1f} (goal <= +2): {met}")
 
 
 def _time(fn) -> float:

@@ -141,12 +141,12 @@ def save_quality(data: dict[str, Any], path: str | Path = QUALITY_JSON) -> Path:
 
 # -- drawing --------------------------------------------------------------------------------------------------------
 
-# One colour per sampler family, the Karras variant dashed: the ODE solvers in blues and greens, the stochastic ones
-# in reds, DDIM (the reference setting) in black.
+# A colour and marker per sampler: DDIM (the reference setting) in black, the stochastic ones in red and orange, the
+# Karras variant dashed, Euler dotted (it often lies on DDIM).
 STYLE = {
     "ddpm": dict(color="#d62728", marker="v"),
     "ddim": dict(color="black", marker="o"),
-    "euler": dict(color="#9467bd", marker="s"),
+    "euler": dict(color="#9467bd", marker="s", linestyle=":"),
     "euler_a": dict(color="#ff7f0e", marker="^"),
     "pndm": dict(color="#8c564b", marker="P"),
     "dpmpp_2m": dict(color="#1f77b4", marker="D"),

@@ -79,6 +79,30 @@ def test_text_to_image_matches_diffusers(pipes):
     assert result.images[0].size == (64, 64)
 
 
+@pytest.mark.parametrize("case", ["pndm", "dpmpp_2m", "dpmpp_2m_karras", "unipc"])
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers' np.array on a tensor
+def test_multistep_samplers_match_diffusers_end_to_end(pipes, case):
+    """The multistep samplers inside the whole guided pipeline (their history across steps, guidance applied before
+    the step), against diffusers' pipeline with the scheduler configured as SD 1.5's, 10 steps."""
+    from test_samplers_multistep import CASES
+
+    ours, ref, _ = pipes
+    name, options, scheduler = CASES[case]
+    ref.scheduler, saved = scheduler(), ref.scheduler
+    try:
+        start = torch.randn(1, ours.config.unet.in_channels, 8, 8, generator=torch.Generator().manual_seed(3))
+        expected = ref(
+            PROMPT, height=64, width=64, num_inference_steps=10, guidance_scale=7.5, latents=start.clone(),
+            output_type="latent",
+        ).images  # fmt: skip
+    finally:
+        ref.scheduler = saved
+    result = ours.generate(
+        PROMPT, sampler=name, steps=10, cfg_scale=7.5, height=64, width=64, latents=start, progress=False, **options
+    )
+    assert rel_err(result.latents, expected) <= 1e-3
+
+
 def test_image_to_image_matches_diffusers(pipes):
     ours, _, ref = pipes
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 """What tracing costs: the embedded model's 50-step generation untraced, traced, and traced with everything.
 
-Goals: a trace of the aggregated cross-attention (the default DAAM reduction) costs <= 1.15x the untraced run, and
+Goals: a trace of the aggregated cross-attention (the default reduction) costs <= 1.15x the untraced run, and
 an untraced run is the same before and after a trace (nothing is left behind; hook points with no listener are
 one Python call each, and no attention probability is computed). The modes are interleaved rep by rep, so that a
 busy machine slows them alike; medians are reported.
@@ -20,11 +20,12 @@ import argparse
 import statistics
 import time
 
-import sdviz.trace
 import torch
 
+import sdviz
 from sdviz.config import SD15, TOY
 from sdviz.hooks import HookPoint
+from sdviz.tracing import estimate
 
 PROMPT = "a large red circle above a small blue square"
 MODES = {
@@ -111,11 +112,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{calls * one * 1e3:.1f} ms ({calls * one / base:.1%} of the untraced run)"
     )
 
-    est = sdviz.trace.estimate(SD15, height=512, width=512, num_steps=50)
+    est = estimate(SD15, height=512, width=512, num_steps=50)
     print("\nSD 1.5, 512x512, 50 steps, guided, default records and reductions (from shapes, no weights):")
     print(est)
     print(f"  goal: under 200 MB -> {est.total / 1e6:.1f} MB, {'met' if est.total < 200e6 else 'NOT met'}")
-    keep = sdviz.trace.estimate(SD15, height=512, width=512, num_steps=50, keep=["step"])
+    keep = estimate(SD15, height=512, width=512, num_steps=50, keep=["step"])
     print(f"  (cross-attention kept per step as well: {keep.total / 1e6:.1f} MB)")
 
 

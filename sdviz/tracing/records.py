@@ -475,7 +475,7 @@ class LatentsRecord:
 
     Each is (S, B, C, h, w) float32, as the UNet saw them (scaled latents); `final` (B, C, h, w) is what the VAE
     decoded. `preview(kind)` turns any of them into a small RGB picture with a fixed linear map fitted for the VAE in
-    use (`sdviz.trace.preview.latent_rgb_map`): one matrix product, no decoder. `decoded` holds the full VAE decode
+    use (`sdviz.tracing.preview.latent_rgb_map`): one matrix product, no decoder. `decoded` holds the full VAE decode
     of every step's x0 (uint8, (S, B, 3, H, W)) when the trace was asked for it (`decode=True`).
     """
 

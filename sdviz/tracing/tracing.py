@@ -8,7 +8,7 @@
     tr.groupnorm.frame()                              # per layer, step and group: mean and std in and out
     tr.time_embedding.sinusoid, tr.time_embedding.mlp # (steps, 320), (steps, 1280) for SD 1.5
     tr.latents.preview("x0")                          # what the model thought the clean image was, at every step
-    tr.save("trace.pt"); tr2 = sdviz.trace.load("trace.pt")
+    tr.save("trace.pt"); tr2 = sdviz.load_trace("trace.pt")
 
 How it works. Entering the block attaches forward hooks to the hook points the records need, and adds the trace to
 the pipeline's observers; the pipeline tells its observers when a generation starts, when each step starts, which

@@ -19,8 +19,6 @@ sys.path.insert(0, str(Path(__file__).parent / "browser"))
 
 from lab import LabError, exercise  # noqa: E402
 
-BUDGET_S = 420  # the whole scenario; about a minute on an idle 2-core machine
-
 
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory):
@@ -84,6 +82,3 @@ def test_the_studio_generates_a_picture_live(seen):
 def test_no_javascript_console_errors(seen):
     assert not seen.console_errors, seen.console_errors
 
-
-def test_within_its_time_budget(seen):
-    assert seen.seconds["total"] < BUDGET_S, seen.seconds

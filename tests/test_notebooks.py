@@ -9,7 +9,6 @@ the same checks to the fresh outputs; outputs are not compared byte for byte (th
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from pathlib import Path
 
@@ -23,7 +22,6 @@ _spec.loader.exec_module(execute)
 
 NOTEBOOKS = execute.notebooks(FOLDER)
 LESSONS = [p for p in NOTEBOOKS if p.stem != "tour"]
-SECONDS = 60  # each notebook, on 2 CPU cores with the embedded model
 
 # the seed document's sections (its headings), and the lesson that teaches each
 SECTIONS = {
@@ -91,9 +89,8 @@ def test_the_checks_catch_what_they_are_for():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_a_real_kernel(path):
-    """Executed top to bottom by nbclient in a fresh ipykernel: no error, every figure a picture, in under a minute
-    (the time is checked only on an otherwise idle machine: under load it measures the load)."""
-    busy = os.getloadavg()[0] > (os.cpu_count() or 1) + 0.5  # other work running before this one starts
-    nb, seconds = execute.execute(path)
+    """Executed top to bottom by nbclient in a fresh ipykernel: no error, every figure a picture. How long each
+    takes (goal: under a minute on 2 cores) is measured by `make notebooks`, which prints it, not asserted here: a
+    time asserted in a test measures whatever else the machine is doing."""
+    nb, _seconds = execute.execute(path)
     assert execute.problems(nb, path.name) == []
-    assert busy or seconds < SECONDS, f"{path.name} took {seconds:.0f} s (goal: under {SECONDS} s on 2 cores)"

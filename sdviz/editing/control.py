@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -37,11 +37,14 @@ from sdviz.hooks import Filter, HookCall, HookNameError, close_names, hook_point
 from sdviz.tokenizer import Encoding
 from sdviz.tracing.layout import AttentionLayer, UNetLayout, unet_layout
 
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
+
 KINDS = ("cross", "self")  # cross-attention (attn2: pixels -> prompt tokens) and self-attention (attn1)
 EMPTY = slice(0, 0)
 
 
-def attention_layers(pipe: Any) -> dict[str, list[str]]:
+def attention_layers(pipe: StableDiffusion) -> dict[str, list[str]]:
     """The UNet's attention hook points by kind, in forward order: {"cross": [...attn2.hook_probs], "self":
     [...attn1.hook_probs]} (every transformer block has self-attention `attn1` and cross-attention `attn2`)."""
     names = [n for n in hook_points(pipe) if n.startswith("unet.")]
@@ -51,7 +54,7 @@ def attention_layers(pipe: Any) -> dict[str, list[str]]:
     }
 
 
-def choose_layers(pipe: Any, filter: Filter, kinds: Sequence[str], edit: str) -> list[str]:
+def choose_layers(pipe: StableDiffusion, filter: Filter, kinds: Sequence[str], edit: str) -> list[str]:
     """The attention layers of the given kinds that a `layers=` filter selects (all of them for None).
 
     The filter is checked against every hook point (a typo raises HookNameError with close names), then it must
@@ -137,7 +140,7 @@ class Edit:
         self.layers = layers
         self.layer_names: list[str] = []
 
-    def bind(self, pipe: Any) -> list[str]:
+    def bind(self, pipe: StableDiffusion) -> list[str]:
         """Resolve the layers filter against the pipeline (raises for a filter that matches nothing)."""
         self.layer_names = choose_layers(pipe, self.layers, self.kinds, self.name)
         return self.layer_names
@@ -171,7 +174,7 @@ class Edit:
 class Controller:
     """Attached by `edit(...)`: tells the edits where each attention chunk comes from (see the module docstring)."""
 
-    def __init__(self, pipe: Any, edits: list[Edit]):
+    def __init__(self, pipe: StableDiffusion, edits: list[Edit]):
         self.pipe, self.edits = pipe, edits
         self.run: Run | None = None  # the generation running now
         self.unet_calls: list[slice] = []  # the images each UNet call of a step holds
@@ -212,7 +215,7 @@ class Controller:
 
     # -- the pipeline's events (sdviz.pipeline.Observer) -------------------------------------------------------------
 
-    def on_start(self, pipe: Any, info: Any) -> None:
+    def on_start(self, pipe: StableDiffusion, info: Any) -> None:
         factor = pipe.config.vae.downsampling_factor
         latent_hw = (info.height // factor, info.width // factor)
         self.run = Run(
@@ -228,10 +231,10 @@ class Controller:
         for e in self.edits:
             e.setup(self.run)
 
-    def on_step(self, pipe: Any, step: Any) -> None:
+    def on_step(self, pipe: StableDiffusion, step: Any) -> None:
         pass
 
-    def on_end(self, pipe: Any, result: Any) -> None:
+    def on_end(self, pipe: StableDiffusion, result: Any) -> None:
         self._end()
 
     def _end(self) -> None:
@@ -294,7 +297,7 @@ class Controller:
 
 
 @contextmanager
-def edit(pipe: Any, *edits: Edit) -> Iterator[list[Edit]]:
+def edit(pipe: StableDiffusion, *edits: Edit) -> Iterator[list[Edit]]:
     """Apply edits to every generation inside the `with` block; yields the edits (to inspect, e.g., a blend mask).
 
         with sdviz.edit(pipe, Replace(cross_replace_steps=0.8), LocalBlend(["red", "blue"])):

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
 
 SETTINGS = {"steps": 25, "cfg_scale": 5.0, "sampler": "ddim"}  # fewer steps than the model's 50: the proofs' speed
 
@@ -129,7 +132,7 @@ class SwapResult:
 
 
 def evaluate_replace(
-    pipe: Any,
+    pipe: StableDiffusion,
     swaps: Sequence[ColourSwap],
     cross_replace_steps: float = 0.8,
     self_replace_steps: float = 0.4,
@@ -196,7 +199,7 @@ def summarise(rows: Sequence[SwapResult]) -> dict[str, float]:
 
 
 def reweight_growth(
-    pipe: Any,
+    pipe: StableDiffusion,
     prompt: str,
     word: str,
     weights: Sequence[float] = (0.5, 2.0, 4.0),

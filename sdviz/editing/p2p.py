@@ -34,7 +34,7 @@ import math
 import numbers
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,9 @@ from sdviz.editing.control import Edit, Run, Site, edit, step_range
 from sdviz.editing.prompts import Alignment, refinement, replacement, word_positions
 from sdviz.hooks import Filter
 from sdviz.tracing.layout import AttentionLayer
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
 
 SELF_REPLACE_MAX_QUERIES = 16 * 16  # p2p replaces self-attention maps only in layers of at most 16 x 16 pixels
 
@@ -363,7 +366,7 @@ def _same_seed(seed: Any, n: int) -> list[int]:
 
 
 def replace(
-    pipe: Any,
+    pipe: StableDiffusion,
     source: str,
     target: str | Sequence[str],
     cross_replace_steps: float | tuple[float, float] | Mapping[str, Any] = 0.8,
@@ -384,7 +387,7 @@ def replace(
 
 
 def refine(
-    pipe: Any,
+    pipe: StableDiffusion,
     source: str,
     target: str | Sequence[str],
     cross_replace_steps: float | tuple[float, float] | Mapping[str, Any] = 0.8,
@@ -399,7 +402,15 @@ def refine(
     )
 
 
-def _pair(control: Replace, pipe: Any, source: str, target: Any, blend: Any, seed: Any, generate: dict) -> Any:
+def _pair(
+    control: Replace,
+    pipe: StableDiffusion,
+    source: str,
+    target: Any,
+    blend: Any,
+    seed: Any,
+    generate: dict,
+) -> Any:
     prompts = [source, *([target] if isinstance(target, str) else target)]
     edits: list[Edit] = [control] + ([LocalBlend(blend)] if blend is not None else [])
     with edit(pipe, *edits):
@@ -407,7 +418,7 @@ def _pair(control: Replace, pipe: Any, source: str, target: Any, blend: Any, see
 
 
 def reweight(
-    pipe: Any,
+    pipe: StableDiffusion,
     prompt: str,
     weights: Mapping[str, float],
     steps: float | tuple[float, float] = 1.0,

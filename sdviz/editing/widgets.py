@@ -9,13 +9,16 @@ The embedded model draws a picture in about 1-2 s on a laptop CPU, so the slider
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdviz.editing.prompts import word_positions
 
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
+
 
 def reweight_widget(
-    pipe: Any,
+    pipe: StableDiffusion,
     prompt: str,
     word: str,
     weight: float = 1.0,

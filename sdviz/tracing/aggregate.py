@@ -63,11 +63,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from sdviz.tracing import Trace
 
 UPSAMPLES = ("bilinear", "bicubic")
 SOURCES = ("probs", "output")
@@ -454,7 +457,7 @@ def combine(cs: list[Cell], agg: Aggregator, size: tuple[int, int]) -> Tensor:
 
 
 def self_attention_matrix(
-    tr: Any, image: int, window: tuple[float, float] = (0.0, 1.0), layers: Any = "all"
+    tr: Trace, image: int, window: tuple[float, float] = (0.0, 1.0), layers: Any = "all"
 ) -> tuple[Tensor, tuple[int, int]]:
     """The mean self-attention (n, n) over the steps of a window (fractions of the generation) of the chosen layers
     (a spec as `Aggregator.layers`) of the finest grid among them, and that grid. Rows sum to 1: row i is where
@@ -479,14 +482,14 @@ def self_attention_matrix(
     return a, tuple(grid)
 
 
-def latent_size(tr: Any) -> tuple[int, int]:
+def latent_size(tr: Trace) -> tuple[int, int]:
     """The latent grid (h, w) of a trace's generation: the picture's size over the VAE's downsampling factor."""
     factor = 2 ** (len(tr.info["config"]["vae"]["channel_mult"]) - 1)
     return tr.image_size[0] // factor, tr.image_size[1] // factor
 
 
 def token_maps(
-    tr: Any,
+    tr: Trace,
     image: int = 0,
     size: tuple[int, int] | None = None,
     method: str | Aggregator | None = None,
@@ -533,7 +536,7 @@ def token_maps(
     return _resize(maps[None], size, mode)[0].cpu()
 
 
-def positions(tr: Any, word: str | int, image: int, agg: Aggregator) -> list[int]:
+def positions(tr: Trace, word: str | int, image: int, agg: Aggregator) -> list[int]:
     """A word's token positions under an aggregator's rule (sdviz: the word's tokens; DAAM: token matching)."""
     if agg.positions == "daam" and isinstance(word, str):
         return daam_positions(tr.tokens_of(image), word)

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -63,6 +63,9 @@ from sdviz.tracing.records import (
     SelfAttentionRecord,
     TimeEmbeddingRecord,
 )
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import GenerationInfo, GenerationResult, StableDiffusion, StepInfo
 
 FORMAT = "sdviz-trace"
 VERSION = 1
@@ -97,7 +100,7 @@ class Trace:
 
     def __init__(
         self,
-        pipe: Any,
+        pipe: StableDiffusion,
         record: Iterable[str] | str | None = None,
         layers: Filter | Mapping[str, Filter] = None,
         steps: Any = None,
@@ -212,7 +215,7 @@ class Trace:
 
     # -- the observer protocol (see sdviz.pipeline.Observer) -------------------------------------------------------
 
-    def on_start(self, pipe: Any, info: Any) -> None:
+    def on_start(self, pipe: StableDiffusion, info: GenerationInfo) -> None:
         """A generation starts: plan, estimate, refuse if over budget, allocate."""
         b, timesteps = len(info.prompts), list(info.timesteps)
         factor = pipe.config.vae.downsampling_factor
@@ -274,7 +277,7 @@ class Trace:
         self._recorded_set = set(recorded)
         self.images_u8 = None
 
-    def on_step(self, pipe: Any, step: Any) -> None:
+    def on_step(self, pipe: StableDiffusion, step: StepInfo) -> None:
         rec = self.records.get("latents")
         if rec is not None:
             rec.add(
@@ -289,7 +292,7 @@ class Trace:
                 x = pipe.decode_latents(step.x0).float().clamp(-1, 1)  # (B, 3, H, W)
                 rec.decoded[step.index] = ((x + 1) * 127.5).round().to(torch.uint8).cpu()
 
-    def on_end(self, pipe: Any, result: Any) -> None:
+    def on_end(self, pipe: StableDiffusion, result: GenerationResult) -> None:
         self._recording = False
         if "latents" in self.records:
             self.records["latents"].final.copy_(result.latents)
@@ -532,7 +535,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def trace(
-    pipe: Any,
+    pipe: StableDiffusion,
     record: Iterable[str] | str | None = None,
     layers: Filter | Mapping[str, Filter] = None,
     steps: Any = None,

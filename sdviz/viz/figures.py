@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
 
 PROMPT = "a large red circle above a small blue square"
 # image-to-image from the headline picture: another colour (a little noise is enough) and another shape (it takes
@@ -80,7 +83,12 @@ def square_mask(picture: Any, colour: str = "blue", margin: int = 6) -> Any:
     return box_mask(size, (max(0, x0 - margin), max(0, y0 - margin), min(size, x1 + margin), min(size, y1 + margin)))
 
 
-def render(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int = SETTINGS["steps"]) -> dict[str, Any]:
+def render(
+    pipe: StableDiffusion | None = None,
+    prompt: str = PROMPT,
+    seed: int = SEED,
+    steps: int = SETTINGS["steps"],
+) -> dict[str, Any]:
     """The README figures as {file name: matplotlib Figure}, for `pipe` (default: the embedded model)."""
     from sdviz.pipeline import load_pipeline
     from sdviz.tracing import trace
@@ -126,7 +134,11 @@ def save(fig: Any, path: Path, dpi: int = 100) -> Path:
     return path
 
 
-def write_readme_figures(out_dir: str | Path = "readme-images", pipe: Any = None, steps: int = SETTINGS["steps"]):
+def write_readme_figures(
+    out_dir: str | Path = "readme-images",
+    pipe: StableDiffusion | None = None,
+    steps: int = SETTINGS["steps"],
+):
     """Render the README figures into `out_dir` (created if needed); returns the paths written.
 
     With the embedded model (pipe=None), also its training losses, from the logs shipped beside its weights, and

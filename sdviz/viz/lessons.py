@@ -22,7 +22,7 @@ Two pieces of the lessons are small algorithms worth reading on their own:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from torch import Tensor
 
 from sdviz.viz.display import Figure
 from sdviz.viz.plots import _off, _upsample
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
 
 # --------------------------------------------------------------------------------------------------------------------
 # Small helpers
@@ -42,7 +45,7 @@ def _u8(x: Tensor) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def _preview(pipe: Any, z: Tensor, size: tuple[int, int] | None = None) -> np.ndarray:
+def _preview(pipe: StableDiffusion, z: Tensor, size: tuple[int, int] | None = None) -> np.ndarray:
     """Scaled latents (4, h, w) as the cheap linear RGB preview, upsampled to `size` in blocks: (H, W, 3) uint8."""
     from sdviz.tracing.preview import latent_rgb_map
 
@@ -52,7 +55,7 @@ def _preview(pipe: Any, z: Tensor, size: tuple[int, int] | None = None) -> np.nd
     return _upsample(pic, size) if size else pic
 
 
-def _decode(pipe: Any, z: Tensor) -> np.ndarray:
+def _decode(pipe: StableDiffusion, z: Tensor) -> np.ndarray:
     """Scaled latents (B, 4, h, w) -> (B, H, W, 3) uint8 through the VAE decoder."""
     return np.stack([_u8(x) for x in pipe.decode_latents(z)])
 
@@ -69,7 +72,7 @@ def _caption(text: str, width: int = 22) -> str:
     return "\n".join(lines + [line])
 
 
-def _schedule(pipe: Any) -> Any:
+def _schedule(pipe: StableDiffusion) -> Any:
     from sdviz.samplers.schedule import NoiseSchedule
 
     return NoiseSchedule(pipe.config.schedule)
@@ -84,7 +87,7 @@ Guide = Callable[[Tensor, int], Tensor]
 
 
 def sample(
-    pipe: Any,
+    pipe: StableDiffusion,
     prompt: str,
     seed: int = 0,
     steps: int = 25,
@@ -141,7 +144,7 @@ def colour_log_prob(images: Tensor, colour: str, sigma: float = 60.0) -> Tensor:
     return torch.log_softmax(logits, dim=-1)[:, list(PALETTE).index(colour)]
 
 
-def colour_classifier_guide(pipe: Any, colour: str, scale: float) -> Guide:
+def colour_classifier_guide(pipe: StableDiffusion, colour: str, scale: float) -> Guide:
     """Classifier guidance with a classifier of clean pictures (`colour_log_prob`).
 
     Dhariwal & Nichol (2021) train a classifier on *noisy* pictures and shift every noise prediction along its
@@ -170,7 +173,13 @@ def colour_classifier_guide(pipe: Any, colour: str, scale: float) -> Guide:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def data_distribution_figure(pipe: Any = None, n: int = 6, seed: int = 0, samples: int = 8, steps: int = 25) -> Figure:
+def data_distribution_figure(
+    pipe: StableDiffusion | None = None,
+    n: int = 6,
+    seed: int = 0,
+    samples: int = 8,
+    steps: int = 25,
+) -> Figure:
     """What the model learns from and what it makes: `n` training scenes of the shapes world with their captions,
     the model's pictures for the same captions (other noise, so other pictures), and on the right where single
     objects sit: the centroids of 600 training scenes (the data distribution of positions) and those the judge
@@ -240,7 +249,7 @@ def data_distribution_figure(pipe: Any = None, n: int = 6, seed: int = 0, sample
 
 @torch.no_grad()
 def forward_process_figure(
-    pipe: Any,
+    pipe: StableDiffusion,
     image: Any = None,
     timesteps: Sequence[int] = (0, 100, 250, 400, 600, 800, 999),
     seed: int = 0,
@@ -304,7 +313,7 @@ def _heat(ax: Any, m: np.ndarray, size: int, vmax: float, cmap: str = "magma") -
 
 @torch.no_grad()
 def training_step_figure(
-    pipe: Any,
+    pipe: StableDiffusion,
     caption: str = "a large yellow triangle on the left",
     timesteps: Sequence[int] = (50, 300, 600, 900),
     seed: int = 0,
@@ -388,7 +397,7 @@ def training_step_figure(
 
 
 def classifier_guidance_figure(
-    pipe: Any,
+    pipe: StableDiffusion,
     colour: str = "red",
     seeds: Sequence[int] = (0, 1, 2, 3),
     scale: float = 4.0,
@@ -455,7 +464,7 @@ def normalise(x: Tensor, kind: str, groups: int) -> Tensor:
 
 @torch.no_grad()
 def capture_norm_input(
-    pipe: Any,
+    pipe: StableDiffusion,
     layer: str = "unet.down_blocks.1.resnets.0.norm1",
     prompts: Sequence[str] = ("a red circle on the left", "a large blue square", "a small green triangle at the top"),
     t: int = 500,
@@ -480,7 +489,11 @@ def capture_norm_input(
     return torch.cat(seen), int(norm.num_groups)
 
 
-def norm_axes_figure(pipe: Any, layer: str = "unet.down_blocks.1.resnets.0.norm1", **capture: Any) -> Figure:
+def norm_axes_figure(
+    pipe: StableDiffusion,
+    layer: str = "unet.down_blocks.1.resnets.0.norm1",
+    **capture: Any,
+) -> Figure:
     """Batch, layer, instance and group norm on one real activation of the UNet (a GroupNorm's input, N images).
 
     Each panel draws the activation as a matrix: rows are channels (grouped as the layer groups them), columns are
@@ -549,7 +562,11 @@ def _cosine(v: Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def clip_figure(pipe: Any, prompt: str = "a large red circle above a small blue square", padding: int = 2) -> Figure:
+def clip_figure(
+    pipe: StableDiffusion,
+    prompt: str = "a large red circle above a small blue square",
+    padding: int = 2,
+) -> Figure:
     """Inside the CLIP text encoder, for one prompt (its tokens and `padding` padding positions):
 
     top: the token embedding of each id, the learned position embedding of each position, and their sum (what the
@@ -628,7 +645,7 @@ def box_mask(size: int, box: tuple[int, int, int, int]) -> Any:
 
 
 def inpainting_figure(
-    pipe: Any,
+    pipe: StableDiffusion,
     image: Any,
     mask: Any,
     prompts: Sequence[str],

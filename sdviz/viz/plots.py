@@ -16,12 +16,16 @@ never imported.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from sdviz.viz.display import Figure  # a matplotlib Figure that notebooks display with or without pyplot
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
+    from sdviz.tracing import Trace
 
 # Words that carry no object to point at: left out of the default overlays (ask for them by name if you like).
 STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "at", "to", "and", "with", "is", "are", "its"})
@@ -36,7 +40,7 @@ def _normalise(m: torch.Tensor | np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def _picture(tr: Any, image: int) -> np.ndarray:
+def _picture(tr: Trace, image: int) -> np.ndarray:
     return tr.images_u8[image].permute(1, 2, 0).numpy()
 
 
@@ -45,7 +49,7 @@ def _off(ax: Any) -> None:
     ax.set_yticks([])
 
 
-def default_words(tr: Any, image: int = 0) -> list[str]:
+def default_words(tr: Trace, image: int = 0) -> list[str]:
     """The prompt's words worth a map: every distinct word except STOPWORDS."""
     words = list(dict.fromkeys(tr.encodings[image]["words"]))
     content = [w for w in words if w.strip(".,;:!?") not in STOPWORDS]
@@ -55,7 +59,7 @@ def default_words(tr: Any, image: int = 0) -> list[str]:
 SCALES = ("shared", "panel")
 
 
-def _scale_label(tr: Any, scale: str) -> str:
+def _scale_label(tr: Trace, scale: str) -> str:
     """The colour bar's label: what a colour means under `scale`."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -64,7 +68,7 @@ def _scale_label(tr: Any, scale: str) -> str:
     return f"attention probability, one scale\n(uniform over the 77 tokens: {1 / _tokens(tr):.3f})"
 
 
-def _tokens(tr: Any) -> int:
+def _tokens(tr: Trace) -> int:
     """How many keys (token positions) each query spreads its attention over (77 for SD)."""
     return len(tr.encodings[0]["ids"]) if tr.encodings and "ids" in tr.encodings[0] else 77
 
@@ -79,7 +83,7 @@ def _shown(maps: dict[str, Any], scale: str) -> tuple[dict[str, np.ndarray], flo
 
 
 def attention_overlay(
-    tr: Any,
+    tr: Trace,
     image: int = 0,
     words: Iterable[str] | None = None,
     alpha: float = 0.55,
@@ -121,7 +125,7 @@ def _pick(xs: Sequence[int], n: int) -> list[int]:
     return [xs[i] for i in idx]
 
 
-def _step_picture(tr: Any, step: int, image: int) -> np.ndarray:
+def _step_picture(tr: Trace, step: int, image: int) -> np.ndarray:
     """The picture the model predicted at a step: the VAE decode of x0 when the trace holds it (decode=True), else
     the linear preview of x0, upsampled."""
     rec = tr.latents
@@ -131,7 +135,7 @@ def _step_picture(tr: Any, step: int, image: int) -> np.ndarray:
 
 
 def attention_grid(
-    tr: Any,
+    tr: Trace,
     words: Iterable[str] | None = None,
     steps: Sequence[int] | None = None,
     image: int = 0,
@@ -238,7 +242,7 @@ def _log_ticks(ax: Any, lo: float, hi: float) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def groupnorm_figure(tr: Any, image: int = 0, n: int = 5) -> Figure:
+def groupnorm_figure(tr: Trace, image: int = 0, n: int = 5) -> Figure:
     """Group norm's statistics along the UNet (x axis: every GroupNorm, in forward order, named in words) and over
     the denoising steps.
 
@@ -407,7 +411,7 @@ def _upsample(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def denoising_strip(
-    tr: Any, image: int = 0, n: int = 8, kinds: Sequence[str] = ("x_t", "x0"), decoded: bool | None = None
+    tr: Trace, image: int = 0, n: int = 8, kinds: Sequence[str] = ("x_t", "x0"), decoded: bool | None = None
 ) -> Figure:
     """The denoising run as a strip: columns are n steps (evenly spread, first and last included) and the final
     picture; rows are the latents in `kinds`. When the trace holds the VAE decode of every step's x0
@@ -498,7 +502,7 @@ def noise_schedule_figure(schedule: Any = None, timesteps: Sequence[int] | None 
 
 
 def self_attention_figure(
-    tr: Any,
+    tr: Trace,
     layer: str | Sequence[str],
     pixels: Sequence[tuple[float, float]] = ((0.25, 0.25), (0.5, 0.5), (0.75, 0.75)),
     image: int = 0,
@@ -540,7 +544,13 @@ def self_attention_figure(
     return fig
 
 
-def guidance_internals(tr: Any, pipe: Any = None, steps: Sequence[int] | None = None, image: int = 0, n: int = 4):
+def guidance_internals(
+    tr: Trace,
+    pipe: StableDiffusion | None = None,
+    steps: Sequence[int] | None = None,
+    image: int = 0,
+    n: int = 4,
+):
     """Classifier-free guidance inside one step, at n steps (or `steps`), from what the trace recorded:
 
     x_t; the noise predicted without the prompt (eps_uncond) and with it (eps_cond); their difference, the prompt's
@@ -685,14 +695,20 @@ def picture_row(images: Sequence[Any], titles: Sequence[str], suptitle: str = ""
     return fig
 
 
-def guidance_figure(pipe: Any, prompt: str, seed: int = 0, scales: Sequence[float] = (1, 2, 5, 9), **kw: Any) -> Figure:
+def guidance_figure(
+    pipe: StableDiffusion,
+    prompt: str,
+    seed: int = 0,
+    scales: Sequence[float] = (1, 2, 5, 9),
+    **kw: Any,
+) -> Figure:
     """Classifier-free guidance: the same seed at several `cfg_scale`s (1 = the conditional prediction alone)."""
     images = [pipe.generate(prompt, seed=seed, cfg_scale=s, progress=False, **kw).image for s in scales]
     return picture_row(images, [f"cfg {s:g}" for s in scales], f"guidance: {prompt!r}, seed {seed}")
 
 
 def strength_figure(
-    pipe: Any,
+    pipe: StableDiffusion,
     image: Any,
     prompt: str | Sequence[str],
     seed: int = 0,

@@ -15,13 +15,16 @@ words after the relation can know it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sdviz.viz.display import Figure
 from sdviz.viz.figures import PROMPT, SETTINGS  # the README's headline prompt, the evaluation settings
 from sdviz.viz.plots import HEAT, _off, _picture, _scale_label
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
 
 # Seeds of PROMPT for the embedded model at the evaluation settings, read by the judge: 3 draws exactly one red circle
 # and one small blue square, the circle *below* the square (3, 5, 6, 8, 10, 12, 14 and 15 of 0-15 fail that way);
@@ -57,7 +60,7 @@ def verdict_label(verdict: Any) -> str:
 
 
 def relations_figure(
-    pipe: Any = None,
+    pipe: StableDiffusion | None = None,
     prompt: str = PROMPT,
     seeds: tuple[int, ...] = SEEDS,
     alpha: float = 0.55,

@@ -22,12 +22,15 @@ import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sdviz.viz.display import Figure
 from sdviz.viz.figures import PROMPT, SEED
+
+if TYPE_CHECKING:
+    from sdviz.pipeline import StableDiffusion
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUALITY_JSON = REPO_ROOT / "readme-images" / "sampler_quality.json"
@@ -59,7 +62,7 @@ PREVIEW_STEPS = 10  # the predictions figure: the README's headline prompt and s
 
 
 def measure_quality(
-    pipe: Any = None,
+    pipe: StableDiffusion | None = None,
     runs: Sequence[tuple[str, str, dict[str, Any]]] = RUNS,
     step_counts: Sequence[int] = STEP_COUNTS,
     n: int = N_PROMPTS,
@@ -198,8 +201,13 @@ def quality_table(data: dict[str, Any] | None = None) -> str:
     return "\n".join(lines)
 
 
-def predictions_figure(pipe: Any = None, prompt: str = PROMPT, seed: int = SEED, steps: int = PREVIEW_STEPS,
-                       runs: Sequence[tuple[str, str, dict[str, Any]]] = RUNS) -> Figure:  # fmt: skip
+def predictions_figure(
+    pipe: StableDiffusion | None = None,
+    prompt: str = PROMPT,
+    seed: int = SEED,
+    steps: int = PREVIEW_STEPS,
+    runs: Sequence[tuple[str, str, dict[str, Any]]] = RUNS,
+) -> Figure:
     """One row per sampler: the VAE decode of the clean latents x0 each UNet call predicts, then the picture."""
     from sdviz.pipeline import load_pipeline, tensor_to_images
     from sdviz.samplers import get_sampler

@@ -19,7 +19,7 @@ own layers and heads, so the layer and head pickers rest while they are shown.
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 import numpy as np
@@ -29,6 +29,9 @@ from sdviz.viz.widgets import frames as F
 from sdviz.viz.widgets.checks import need_cross_attention, word_positions
 from sdviz.viz.widgets.common import StaticAnimation, colour_bar
 from sdviz.viz.widgets.maps import AttentionMaps, map_size
+
+if TYPE_CHECKING:
+    from sdviz.tracing import Trace
 
 START, END = "<|startoftext|>", "<|endoftext|>"
 METHODS = {"sdviz": "sdviz (every layer, bilinear)", "daam": "DAAM 0.2.0", "best": "best on the toy world"}
@@ -56,7 +59,7 @@ class Explorer:
 
     def __init__(
         self,
-        trace: Any,
+        trace: Trace,
         image: int = 0,
         word: str | None = None,
         tokens: bool = False,
@@ -334,6 +337,6 @@ class Explorer:
             display(anim)
 
 
-def explorer(trace: Any, **kw: Any) -> Explorer:
+def explorer(trace: Trace, **kw: Any) -> Explorer:
     """An `Explorer` of a trace's cross-attention: `explorer(tr)` as the last expression of a cell shows it."""
     return Explorer(trace, **kw)

@@ -18,10 +18,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from sdviz.tracing import Trace
 
 
 @lru_cache(maxsize=64)
@@ -52,7 +55,7 @@ def map_size(image_hw: tuple[int, int], cap: int = 128) -> tuple[int, int]:
 class AttentionMaps:
     """Cross-attention maps of groups of token positions for one image of a trace, at `size` (H, W)."""
 
-    def __init__(self, trace: Any, image: int = 0, size: tuple[int, int] | None = None, cache: int = 32):
+    def __init__(self, trace: Trace, image: int = 0, size: tuple[int, int] | None = None, cache: int = 32):
         self.rec = trace.cross_attention
         self.image = image
         self.size = tuple(size or trace.image_size)

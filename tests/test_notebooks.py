@@ -27,15 +27,15 @@ LESSONS = [p for p in NOTEBOOKS if p.stem != "tour"]
 SECTIONS = {
     "What is a generative model": "01_generative_models",
     "Background (forward and reverse process)": "02_forward_and_reverse",
-    "Background (training vs sampling)": "03_training_and_sampling",
-    "Background (classifier guidance)": "04_guidance",
-    "Classifier Free Guidance": "04_guidance",
-    "Group Normalization": "05_normalization",
-    "Need for attention": "06_attention",
-    "Coding CLIP": "07_clip",
-    "Architecture": "08_architecture",
-    "Time Embeddings": "09_time_embeddings",
-    "the noise schedule": "10_noise_schedule",
+    "the noise schedule": "03_noise_schedule",  # right after the forward process: alpha_bar is used from lesson 2 on
+    "Background (training vs sampling)": "04_training_and_sampling",
+    "Background (classifier guidance)": "05_guidance",
+    "Classifier Free Guidance": "05_guidance",
+    "Group Normalization": "06_normalization",
+    "Need for attention": "07_attention",
+    "Coding CLIP": "08_clip",
+    "Architecture": "09_architecture",
+    "Time Embeddings": "10_time_embeddings",
 }
 
 

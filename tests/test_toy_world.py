@@ -247,3 +247,18 @@ def test_word_indices_find_each_object_in_other_word_lists() -> None:
     assert W.word_indices(spec) == [{"size": 1, "colour": 2, "shape": 3}, {"size": 6, "colour": 7, "shape": 8}]
     words = ["<start>", "a", "large", "red", "circle", "above", "a", "small", "blue", "circle", "<end>"]
     assert [(d["colour"], d["shape"]) for d in W.word_indices(spec, words)] == [(3, 4), (8, 9)]
+
+
+def test_the_vocabulary_names_every_word_the_captions_use() -> None:
+    v = W.vocabulary()
+    assert list(v) == ["colours", "shapes", "sizes", "positions", "relations", "synonyms"]
+    assert v["colours"] == W.COLOURS and v["shapes"] == W.SHAPES and v["sizes"] == W.SIZES
+    assert "in the centre" in v["positions"] and "to the left of" in v["relations"]
+    assert set(v["synonyms"]) == {"center", "middle", "under", "beneath", "over"}
+    words = {w for kind in v.values() for phrase in kind for w in phrase.split()}
+    for s in W.all_specs():
+        assert set(s.caption().split()) - {"a", "an", "the", "on", "at", "in", "to", "of"} <= words
+    for word in ("center", "middle"):  # each synonym is read as the word it stands for
+        assert W.parse_caption(f"a red circle in the {word}").position == "centre"
+    for word, relation in (("under", "below"), ("beneath", "below"), ("over", "above")):
+        assert W.parse_caption(f"a red circle {word} a blue square").relation == relation

@@ -233,6 +233,24 @@ def held_out_prompts(n: int = 100, seed: int = 0) -> list[tuple[str, int]]:
 _SYNONYMS = {"center": "centre", "middle": "centre", "under": "below", "beneath": "below", "over": "above"}
 
 
+def vocabulary() -> dict[str, tuple[str, ...]]:
+    """What a model trained on this world was taught, by kind of word: six colours, three shapes, two sizes, the
+    phrases of the five positions of one object and of the four relations between two, and the synonyms that
+    `parse_caption` also accepts ("center", "middle", "under", "beneath", "over").
+
+    The model export writes it into the model folder's `sdviz.json` ("vocabulary"), so that a pipeline can tell a
+    prompt the model knows nothing about without importing this module.
+    """
+    return {
+        "colours": COLOURS,
+        "shapes": SHAPES,
+        "sizes": SIZES,
+        "positions": tuple(POSITION_PHRASES.values()),
+        "relations": tuple(RELATION_PHRASES.values()),
+        "synonyms": tuple(_SYNONYMS),
+    }
+
+
 def parse_caption(caption: str) -> SceneSpec:
     """Read a caption back into a `SceneSpec`: which objects it names, and where.
 

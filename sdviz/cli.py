@@ -27,6 +27,7 @@ DELEGATED = {
     "flowchart": ("sdviz.flowchart", "draw the repository flowchart and the architecture diagrams"),
     "figures": ("sdviz.viz.figures", "draw the README figures with sdviz's own code"),
     "animate": ("sdviz.viz.animate", "animate a generation (the denoising, or a word's attention) as GIF, WebP, MP4"),
+    "export": ("sdviz.tracing.export_cli", "a saved trace as one self-contained web page: player and explorer"),
     "train": ("sdviz.toy.train", "train the embedded model on the captioned-shapes world"),
     "evaluate": ("sdviz.toy.evaluate", "measure how well the embedded model follows its prompts"),
     "validate-attention": ("sdviz.toy.validate_attention", "compare attention maps with ground-truth object masks"),

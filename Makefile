@@ -6,8 +6,9 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sdviz-installed
+DOCS_STAMP := $(VENV)/.sdviz-docs-installed
 
-.PHONY: demo test test-all lint flowcharts figures notebooks graphviz chromium lab screenshots clean
+.PHONY: demo test test-all docs lint flowcharts figures notebooks graphviz chromium lab screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +42,19 @@ test: $(STAMP) graphviz chromium
 	$(BIN)/python -m ruff check sdviz tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# the checks too slow for `make test` (marked `slow`); CI runs both
-test-all: $(STAMP) graphviz
-	$(BIN)/python -m pytest -q -m slow
+# the checks too slow for `make test` (marked `slow`); CI runs both. The site is built first (strictly), and the
+# browser test (tests/test_site_browser.py) opens that build
+test-all: $(STAMP) graphviz chromium docs
+	SDVIZ_SITE=site $(BIN)/python -m pytest -q -m slow
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[test,lab,docs]"
+	touch $(DOCS_STAMP)
+
+# the documentation site, into site/: docs/, the notebooks with their committed outputs (not executed here) and the
+# API reference from the docstrings; strict: a broken link, a missing picture or a docstring warning fails it
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 flowcharts: $(STAMP) graphviz
 	$(BIN)/python -m sdviz flowchart --out flowcharts
@@ -69,4 +80,4 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check sdviz tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site .cache

@@ -242,7 +242,7 @@ def test_values_are_kept_with_layers_and_heads_saved_and_estimated(pipe, tmp_pat
 
 
 def test_the_ladder_chooses_on_training_scenes_and_evaluates_each_held_out_picture_once(pipe, monkeypatch):
-    from sdviz.toy import validate_attention as va
+    from sdviz.toy import attention_ladder as va
     from sdviz.toy import world
 
     generated: list[str] = []

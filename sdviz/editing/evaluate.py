@@ -69,17 +69,10 @@ def colour_swaps(n: int = 20, seed: int = 0) -> list[ColourSwap]:
     return out
 
 
-def iou(a: np.ndarray | None, b: np.ndarray | None) -> float:
-    """Intersection over union of two boolean masks (0 if either is missing or both are empty)."""
-    if a is None or b is None:
-        return 0.0
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
 def layout_iou(source_image: Any, source: str, target_image: Any, target: str) -> float:
-    """The lowest, over the prompt's objects, IoU of an object's pixels in the source and in the target."""
-    from sdviz.toy.judge import judge
+    """The lowest, over the prompt's objects, IoU of an object's pixels in the source and in the target (0 for an
+    object the judge finds in neither: `sdviz.toy.judge.iou`)."""
+    from sdviz.toy.judge import iou, judge
 
     vs, vt = judge(source_image, source), judge(target_image, target)
     return min(iou(a.mask, b.mask) for a, b in zip(vs.objects, vt.objects, strict=True))

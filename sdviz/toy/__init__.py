@@ -6,9 +6,11 @@
                            caption dropout
     train.py               the two training stages and `train()`; loop.py holds its machinery (checkpoints,
                            logs, Ctrl-C, learning-rate schedule, EMA)
-    evaluate.py            the held-out generation loop, the judge's rates, the model card
-    validate_attention.py  cross-attention word maps against the objects' true pixels (mIoU), and the ablation
-                           ladder of the aggregators; attention_ladder.md is its output (`sdviz validate-attention
-                           --ladder --threads 1 --out sdviz/toy/attention_ladder.md`)
+    evaluate.py            the held-out generation loop, the judge's rates, the model card, the settings (`EVAL`)
+    attention_scores.py    generated scenes with each object's true pixels, and a word map's scores against them
+    validate_attention.py  cross-attention word maps against the objects' true pixels (mIoU); the command line of
+                           `sdviz validate-attention`, with and without --ladder
+    attention_ladder.py    the ablation ladder of the aggregators; attention_ladder.md is its output
+                           (`sdviz validate-attention --ladder --threads 1 --out sdviz/toy/attention_ladder.md`)
     model/                 the shipped weights, their card and training logs
 """

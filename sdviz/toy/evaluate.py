@@ -6,9 +6,10 @@ alone, a red object next to a blue one, ...). Each prompt comes with its own see
 position, and per picture that it holds exactly the named objects; `evaluate` returns the rates, and the VAE's
 reconstruction PSNR on held-out scenes.
 
-`pictures` is the generation loop itself, shared with the attention check (`validate_attention.py`): it yields
-each picture with its prompt, seed, optional trace and the ground truth the world gives (per named object, the
-pixels of its colour); `held_out_pictures` runs it over the held-out pairs.
+`pictures` is the generation loop itself, shared with the attention check and the ladder (`attention_scores.py`):
+it yields each picture with its prompt, seed, optional trace and the ground truth the world gives (per named object,
+the pixels of its colour); `held_out_pictures` runs it over the held-out pairs. Every measurement of the toy model
+generates with one set of settings, `EVAL` (50 DDIM steps, cfg 5): the model card's numbers are measured with it.
 
     from sdviz.toy.evaluate import evaluate
     report = evaluate()            # the shipped model; or evaluate("runs/toy/model")
@@ -21,7 +22,7 @@ import argparse
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,22 @@ import torch
 from PIL import Image
 
 from sdviz.toy import judge, world
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How the evaluation, the attention check and the ladder generate their pictures."""
+
+    steps: int = 50
+    cfg_scale: float = 5.0
+    sampler: str = "ddim"
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments of `StableDiffusion.generate` (and as a report's record of them)."""
+        return asdict(self)
+
+
+EVAL = EvalSettings()  # the model card's settings
 
 TARGETS = {"colour": 0.90, "position": 0.85, "shape": 0.75, "vae_psnr": 28.0}
 
@@ -80,9 +97,9 @@ class HeldOutPicture:
 def pictures(
     pipe: Any,
     pairs: Sequence[tuple[str, int]],
-    steps: int = 50,
-    cfg_scale: float = 5.0,
-    sampler: str = "ddim",
+    steps: int = EVAL.steps,
+    cfg_scale: float = EVAL.cfg_scale,
+    sampler: str = EVAL.sampler,
     trace_with: dict[str, Any] | None = None,
     progress: bool = True,
     desc: str = "pictures",
@@ -98,7 +115,7 @@ def pictures(
         from tqdm.auto import tqdm
 
         pairs = tqdm(pairs, desc=desc)
-    settings = {"steps": steps, "cfg_scale": cfg_scale, "sampler": sampler, "progress": False}
+    settings = {**EvalSettings(steps, cfg_scale, sampler).generate_kwargs(), "progress": False}
     for prompt, s in pairs:
         t0 = time.perf_counter()
         if trace_with is not None:
@@ -113,9 +130,9 @@ def held_out_pictures(
     model: Any = None,
     n: int = 100,
     seed: int = 0,
-    steps: int = 50,
-    cfg_scale: float = 5.0,
-    sampler: str = "ddim",
+    steps: int = EVAL.steps,
+    cfg_scale: float = EVAL.cfg_scale,
+    sampler: str = EVAL.sampler,
     trace_with: dict[str, Any] | None = None,
     progress: bool = True,
     desc: str = "held-out prompts",
@@ -155,9 +172,9 @@ def evaluate(
     model: Any = None,
     n: int = 100,
     seed: int = 0,
-    steps: int = 50,
-    cfg_scale: float = 5.0,
-    sampler: str = "ddim",
+    steps: int = EVAL.steps,
+    cfg_scale: float = EVAL.cfg_scale,
+    sampler: str = EVAL.sampler,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -176,7 +193,7 @@ def evaluate(
         "targets": TARGETS,
         "passed": {k: rates[k] >= v for k, v in TARGETS.items()},
         "seconds_per_image": float(np.median([p.seconds for p in pictures])),
-        "settings": {"n": n, "seed": seed, "steps": steps, "cfg_scale": cfg_scale, "sampler": sampler},
+        "settings": {"n": n, "seed": seed, **EvalSettings(steps, cfg_scale, sampler).generate_kwargs()},
         "torch_threads": torch.get_num_threads(),
         "prompts": [
             {
@@ -280,9 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("model", nargs="?", default=None, help="weights folder (default: the shipped model)")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=5.0)
-    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=EVAL.steps)
+    p.add_argument("--cfg", type=float, default=EVAL.cfg_scale)
+    p.add_argument("--sampler", default=EVAL.sampler)
     p.add_argument("--out", default=None)
     p.add_argument("--write-card", action="store_true", help="store the metrics in the model's card")
     a = p.parse_args(argv)

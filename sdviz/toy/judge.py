@@ -130,6 +130,22 @@ def find_objects(classes: np.ndarray, colour: str, min_area: float = MIN_AREA) -
     return [labels == i for i in order]
 
 
+def iou(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    """Intersection over union of two boolean masks of one shape, (H, W) each: |a & b| / |a | b|.
+
+    A missing mask (None: the judge found no such object) counts as an empty one. Two empty masks score 0.0, not
+    1.0: every IoU sdviz reports asks how well one object's pixels are found again (a word map against the object,
+    an object in the source picture against the same object after an edit), and where neither mask holds a pixel,
+    nothing was found, so there is no agreement to reward. The attention check never meets that case (it skips
+    objects the model did not draw); prompt-to-prompt's layout score can (an object the judge finds in neither
+    picture), and counts that object as lost.
+    """
+    if a is None or b is None:
+        return 0.0
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
 def shape_scores(blob: np.ndarray) -> dict[str, float]:
     """Intersection over union of the blob with each shape fitted into its bounding box."""
     ys, xs = np.nonzero(blob)
@@ -142,7 +158,7 @@ def shape_scores(blob: np.ndarray) -> dict[str, float]:
         "triangle": np.abs(xx - cx) <= hw * (yy - y0) / (y1 - y0),  # apex at the top middle, base at the bottom
     }
     crop = blob[y0:y1, x0:x1]
-    return {name: float((t & crop).sum() / (t | crop).sum()) for name, t in templates.items()}
+    return {name: iou(t, crop) for name, t in templates.items()}
 
 
 def classify_shape(blob: np.ndarray) -> str:

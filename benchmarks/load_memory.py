@@ -112,10 +112,10 @@ def measure(mode: str, path: str, dtype: torch.dtype, device: str) -> dict:
         from safetensors.torch import load_file
 
         from sdviz.config import SD15
-        from sdviz.weights import Source, _from_state_dicts, from_compvis
+        from sdviz.weights import Source, from_compvis, models_from_state_dicts
 
         sds = from_compvis(load_file(path), SD15, path)  # memory-mapped float32 tensors
-        models = _from_state_dicts(SD15, sds, Source(Path(path)))  # float32 networks
+        models = models_from_state_dicts(SD15, sds, Source(Path(path)))  # float32 networks
         pipe = StableDiffusion(models, device=device, dtype=dtype)  # the cast (and the move)
     else:
         raise ValueError(f"unknown mode {mode!r}")

@@ -333,3 +333,92 @@ def test_diffusers_folder_with_a_bad_config(tiny, tmp_path):
     message = one_line(e)
     assert str(folder / "unet" / "diffusion_pytorch_model.safetensors") in message
     assert f"the weights and {folder / 'unet' / 'config.json'} describe different models" in message
+
+
+VOCABULARY = {"colours": ("red", "dark blue"), "shapes": ("circle",), "relations": ("to the left of",)}
+
+
+def test_vocabulary_and_latent_rgb_round_trip_through_an_sdviz_folder(tiny, tmp_path):
+    root, _, _ = tiny
+    torch.manual_seed(5)
+    weight, bias = torch.randn(3, TINY.vae.latent_channels), torch.randn(3)
+    models = build_models(TINY)
+    assert models.vocabulary is None and models.latent_rgb is None
+    save_sdviz(tmp_path / "plain", models, dtype=None)
+    meta = json.loads((tmp_path / "plain" / "sdviz.json").read_text())
+    assert "vocabulary" not in meta and "latent_rgb" not in meta  # absent unless given
+    plain = load_models(tmp_path / "plain")
+    assert plain.vocabulary is None and plain.latent_rgb is None
+
+    save_sdviz(tmp_path / "own", models, dtype=None, vocabulary=VOCABULARY, latent_rgb=(weight, bias))
+    meta = json.loads((tmp_path / "own" / "sdviz.json").read_text())
+    assert meta["vocabulary"]["colours"] == ["red", "dark blue"] and len(meta["latent_rgb"]["weight"]) == 3
+    loaded = load_models(tmp_path / "own")
+    assert loaded.vocabulary == VOCABULARY  # lists in the file, tuples on the Models
+    w, b = loaded.latent_rgb
+    assert w.dtype == b.dtype == torch.float32 and w.shape == (3, TINY.vae.latent_channels) and b.shape == (3,)
+    assert torch.equal(w, weight) and torch.equal(b, bias)  # float32 values survive JSON's decimals exactly
+    assert_same_tensors(loaded, models)
+
+    save_sdviz(tmp_path / "again", loaded, dtype=None)  # a loaded model keeps what its folder said when saved again
+    again = load_models(tmp_path / "again")
+    assert again.vocabulary == VOCABULARY and torch.equal(again.latent_rgb[0], weight)
+    for path in (root / "diffusers", root / "tiny.safetensors"):  # other layouts say nothing of either
+        other = load_models(path, TINY)
+        assert other.vocabulary is None and other.latent_rgb is None
+
+
+ROWS = [[0.1, 0.2, 0.3, 0.4]] * 3  # TINY's VAE has 4 latent channels
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("vocabulary", ["red", "blue"], "expected a JSON object {kind: [phrases]}, got ['red', 'blue']"),
+        ("vocabulary", None, "expected a JSON object"),
+        ("vocabulary", {"colours": "red"}, "colours: expected a list of non-empty strings, got 'red'"),
+        ("vocabulary", {"colours": ["red", 3]}, "colours: expected a list of non-empty strings, got ['red', 3]"),
+        ("vocabulary", {"colours": ["red", " "]}, "colours: expected a list of non-empty strings"),
+        ("vocabulary", {"": ["red"]}, "a kind must be a non-empty string, got ''"),
+        ("latent_rgb", [ROWS, [0, 0, 0]], 'expected {"weight": [3 rows of 4 numbers], "bias": [3 numbers]}'),
+        ("latent_rgb", {"weight": ROWS}, 'expected {"weight"'),
+        ("latent_rgb", {"weight": ROWS, "bias": [0, 0, 0], "gamma": 2.2}, 'expected {"weight"'),
+        ("latent_rgb", {"weight": ROWS[:2], "bias": [0, 0, 0]}, "weight: expected 3 rows of 4 numbers"),
+        ("latent_rgb", {"weight": [[0.1, 0.2, 0.3]] * 3, "bias": [0, 0, 0]}, "weight: expected 3 rows of 4 numbers"),
+        ("latent_rgb", {"weight": [[0.1, "0.2", 0.3, 0.4]] * 3, "bias": [0, 0, 0]}, "weight: expected 3 rows"),
+        ("latent_rgb", {"weight": ROWS, "bias": [0, 0]}, "bias: expected 3 numbers (red, green, blue), got [0, 0]"),
+        ("latent_rgb", {"weight": ROWS, "bias": [0, True, 0]}, "bias: expected 3 numbers"),
+        ("latent_rgb", {"weight": ROWS, "bias": [0, float("nan"), 0]}, "not finite in float32"),
+        ("latent_rgb", {"weight": [[1e39, 0, 0, 0]] * 3, "bias": [0, 0, 0]}, "not finite in float32"),
+    ],
+)
+def test_malformed_vocabulary_or_latent_rgb_names_the_key(tmp_path, key, value, words):
+    folder = sdviz_folder(tmp_path, TINY.to_dict())
+    meta = json.loads((folder / "sdviz.json").read_text())
+    (folder / "sdviz.json").write_text(json.dumps({**meta, key: value}))
+    with pytest.raises(WeightsError) as e:
+        load_models(folder)
+    message = one_line(e)
+    assert message.startswith(f"{folder / 'sdviz.json'}: {key}: ") and words in message, message
+    # save_sdviz refuses the same value (latent_rgb given as (weight, bias)) before it writes anything
+    if key == "latent_rgb" and isinstance(value, dict) and set(value) == {"weight", "bias"}:
+        value = (value["weight"], value["bias"])
+    elif key == "latent_rgb" or value is None:
+        return  # no such value to pass: save_sdviz's latent_rgb is a pair, and None means "none"
+    with pytest.raises(WeightsError) as e:
+        save_sdviz(tmp_path / "refused", build_models(TINY), **{key: value})
+    assert one_line(e).startswith(f"save_sdviz: {key}: ") and words in str(e.value)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_save_sdviz_takes_latent_rgb_as_a_pair_of_tensors(tmp_path):
+    models = build_models(TINY)
+    for latent_rgb, words in [
+        (torch.zeros(3, 4), "expected (weight (3, C), bias (3,))"),
+        ((torch.zeros(3, 3), torch.zeros(3)), "weight: expected 3 rows of 4 numbers"),
+        ((torch.zeros(3, 4), torch.zeros(1, 3)), "bias: expected 3 numbers"),
+    ]:
+        with pytest.raises(WeightsError) as e:
+            save_sdviz(tmp_path / "refused", models, latent_rgb=latent_rgb)
+        assert one_line(e).startswith("save_sdviz: latent_rgb: ") and words in str(e.value)
+    assert not (tmp_path / "refused").exists()

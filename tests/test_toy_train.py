@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sdviz.config import TINY
-from sdviz.toy import loop
+from sdviz.toy import loop, world
 from sdviz.toy import train as T
 
 KW = dict(config=TINY, batch_size=4, log_every=1, progress=False, threads=1, seed=3, measure_images=64)
@@ -69,6 +69,8 @@ def test_unet_learns_and_exports_a_loadable_model(tmp_path: Path) -> None:
     assert after < 0.85 * before  # on fixed held-out scenes, timesteps and noise
     pipe = load_pipeline(summary["model"])
     assert pipe.config.vae.scaling_factor == pytest.approx(summary["unet"]["scaling_factor"])
+    meta = json.loads((Path(summary["model"]) / "sdviz.json").read_text())
+    assert meta["vocabulary"] == {kind: list(words) for kind, words in world.vocabulary().items()}
     image = pipe.generate("a red circle on the left", steps=2, cfg_scale=3.0, seed=0, progress=False).image
     assert image.size == (64, 64)
     fig = T.plot_losses(tmp_path)

@@ -307,7 +307,8 @@ def noise_prediction_loss(models: Models, n: int = 64, seed: int = 0, split: str
 
 def export(out_dir: str | Path, dtype: torch.dtype | None = torch.float16) -> Path:
     """Write the trained model (EMA weights of the UNet and text encoder, the VAE, the config with the measured
-    scaling factor) as an sdviz weights folder `out_dir/model`, loadable with `load_pipeline`."""
+    scaling factor, the world's vocabulary) as an sdviz weights folder `out_dir/model`, loadable with
+    `load_pipeline`."""
     out_dir = Path(out_dir)
     stage = _last_stage(out_dir)
     models = load_trained(out_dir, ema=True, stage=stage)
@@ -321,7 +322,7 @@ def export(out_dir: str | Path, dtype: torch.dtype | None = torch.float16) -> Pa
         "summary": read_summary(out_dir),
     }
     folder = out_dir / "model"
-    save_sdviz(folder, models, dtype=dtype, card=card)
+    save_sdviz(folder, models, dtype=dtype, card=card, vocabulary=world.vocabulary())
     return folder
 
 

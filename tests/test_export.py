@@ -164,8 +164,8 @@ def test_the_page_is_self_contained(full, tmp_path):
 def test_a_trace_without_per_step_records_exports_what_it_has_and_says_what_would_add_the_rest(plain, tmp_path):
     result = export(plain, tmp_path / "run.html")
     assert result.note == (
-        "to add the VAE decode of every step: decode=True; a window of steps: keep=['step']; "
-        "single layers: keep=['layer']; single heads: keep=['head']"
+        "not in this trace: the VAE decode of every step (trace with decode=True); a window of steps (trace with "
+        "keep=['step']); single layers (trace with keep=['layer']); single heads (trace with keep=['head'])"
     )
     data = read_page(tmp_path / "run.html")
     assert data["note"] == result.note and "\n" not in result.note
@@ -180,7 +180,10 @@ def test_a_trace_with_one_record_exports_one_half(pipe, tmp_path):
         pipe.generate(PROMPT, seed=1, steps=3, progress=False)
     result = export(tr, tmp_path / "latents.html")
     assert "attention" not in read_page(tmp_path / "latents.html")
-    assert "the explorer: record=[..., 'cross_attention']" in result.note
+    assert result.note == (
+        "not in this trace: the VAE decode of every step (trace with decode=True); "
+        "the explorer (trace with record=[..., 'cross_attention'])"
+    )
     with sdviz.trace(pipe, record=["groupnorm"]) as tr:
         pipe.generate(PROMPT, seed=1, steps=2, progress=False)
     with pytest.raises(ValueError, match=r"record=\['latents', 'cross_attention'\]"):

@@ -141,7 +141,7 @@ def player_part(tr: Any, image: int, drop: set[str]) -> tuple[dict, list[str]]:
     if decoded is not None and "decoded" not in drop:
         frames["decoded"] = [data_uri(a) for a in decoded[:, image].permute(0, 2, 3, 1).numpy()]  # (S, H, W, 3)
     elif decoded is None:
-        missing.append("the VAE decode of every step: decode=True")
+        missing.append("the VAE decode of every step (trace with decode=True)")
     weight = rec.rgb_weight.float().numpy()  # (3, C)
     eps = rec.tensors["eps"][:, image].float().numpy()  # (S, C, h, w)
     scales = {"eps": robust_max(np.einsum("oc,schw->shwo", weight, eps))}
@@ -151,7 +151,7 @@ def player_part(tr: Any, image: int, drop: set[str]) -> tuple[dict, list[str]]:
         scales["guidance"] = robust_max(np.einsum("oc,schw->shwo", weight, direction))
         frames["guidance"] = [data_uri(a) for a in signed_rgb(direction, weight, scales["guidance"])]
     else:
-        missing.append("the guidance direction: generate with cfg_scale > 1")
+        missing.append("the guidance direction (generate with cfg_scale > 1)")
     schedule = _schedule(tr)
     ab = schedule.alphas_cumprod.double().numpy()
     steps = []
@@ -194,6 +194,8 @@ def attention_part(tr: Any, image: int, drop: set[str]) -> tuple[dict, list[str]
     length = int(enc["length"])
     missing = []
     per_step, by_layer, by_head = "step" in keep, "layer" in keep, "head" in keep
+    dropped = {"steps": per_step and "steps" in drop, "layers": by_layer and "layers" in drop}
+    dropped["heads"] = by_head and "heads" in drop  # summed here on request: not missing from the trace
     keys = []
     for key, sums in rec.sums.items():
         x = sums[:, image].double().numpy()  # (S, H, n, 77): summed single-head maps per step slot and head
@@ -226,12 +228,12 @@ def attention_part(tr: Any, image: int, drop: set[str]) -> tuple[dict, list[str]
         for k in keys:
             k["sums"], k["counts"] = k["sums"].sum(0, keepdims=True), k["counts"].sum(0, keepdims=True)
         per_step = False
-    if not per_step:
-        missing.append("a window of steps: keep=['step']")
-    if not by_layer:
-        missing.append("single layers: keep=['layer']")
-    if not by_head:
-        missing.append("single heads: keep=['head']")
+    if not per_step and not dropped["steps"]:
+        missing.append("a window of steps (trace with keep=['step'])")
+    if not by_layer and not dropped["layers"]:
+        missing.append("single layers (trace with keep=['layer'])")
+    if not by_head and not dropped["heads"]:
+        missing.append("single heads (trace with keep=['head'])")
     tokens = [{"name": f"{p}: {_token_name(t)}", "columns": [p]} for p, t in enumerate(enc["tokens"][:length])]
     if length < len(enc["tokens"]):
         tokens.append({"name": f"padding ({length}-{len(enc['tokens']) - 1})", "columns": [length]})
@@ -290,12 +292,12 @@ def page_data(tr: Any, image: int = 0, drop: Iterable[str] = ()) -> tuple[dict, 
         data["player"], lack = player_part(tr, image, drop)
         missing += lack
     else:
-        missing.append("the player: record=[..., 'latents']")
+        missing.append("the player (trace with record=[..., 'latents'])")
     if "cross_attention" in records:
         data["attention"], lack = attention_part(tr, image, drop)
         missing += lack
     else:
-        missing.append("the explorer: record=[..., 'cross_attention']")
+        missing.append("the explorer (trace with record=[..., 'cross_attention'])")
     parts = {
         "pictures": len(data["picture"]),
         "previews": sum(
@@ -304,7 +306,7 @@ def page_data(tr: Any, image: int = 0, drop: Iterable[str] = ()) -> tuple[dict, 
         "decoded": sum(len(u) for u in data.get("player", {}).get("frames", {}).get("decoded", [])),
         "attention": sum(len(k["sums"]) for k in data.get("attention", {}).get("keys", [])),
     }
-    note = "to add " + "; ".join(missing) if missing else ""
+    note = "not in this trace: " + "; ".join(missing) if missing else ""
     data["note"] = note
     return data, parts, note
 

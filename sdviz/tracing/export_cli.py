@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportSizeError as e:
         print(f"sdviz export: error: {e}; nothing was written", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, KeyError, IndexError) as e:
+    except (FileNotFoundError, ValueError, KeyError, IndexError, RuntimeError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"sdviz export: error: {message}", file=sys.stderr)
         return 2

@@ -73,7 +73,7 @@
     `seed ${D.seed} · ${D.sampler} · cfg ${D.cfg} · ${D.player ? steps + " steps · " : ""}` +
     `${D.size[1]}x${D.size[0]} · model ${D.model}` + (D.negative ? ` · negative prompt: "${D.negative}"` : "");
   if (D.note) {
-    $("note").textContent = "Not in this trace; " + D.note + ".";
+    $("note").textContent = D.note[0].toUpperCase() + D.note.slice(1) + ".";
     $("note").hidden = false;
   }
 

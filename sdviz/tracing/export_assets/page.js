@@ -195,9 +195,9 @@
       `alpha_bar_t = ${fmt(s.alpha_bar)}   SNR = ${fmt(s.snr)}` +
       `  (eps and guidance: grey = 0, full colour at ±${P.scales.eps}` +
       (P.scales.guidance !== undefined ? ` / ±${P.scales.guidance})` : ")");
-    const ctx = player.schedule.getContext("2d");
-    player.chart.draw(ctx, s.t);
-    ctx.getImageData(0, 0, 1, 1); // the drawing is done (not deferred) when the time is taken
+    player.chart.draw(player.schedule.getContext("2d"), s.t);
+    // read one pixel of every canvas back, so that the drawing is done (not deferred) when the time is taken
+    for (const c of [...Object.values(player.canvases), player.schedule]) c.getContext("2d").getImageData(0, 0, 1, 1);
     frameTimes.push(performance.now() - t0);
   }
 

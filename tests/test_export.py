@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +204,11 @@ def test_a_size_limit_says_how_large_and_what_to_drop_and_writes_nothing(full, t
         assert part in message
     with pytest.raises(ValueError, match="drop: unknown part 'colour'"):
         export(full, out, drop=["colour"])
+    with pytest.raises(ValueError, match=r"image=1 is out of range: this trace holds 1 picture"):
+        export(full, out, image=1)
+    with pytest.raises(ValueError, match="max_mb must be a positive number"):
+        export(full, out, max_mb=0)
+    assert not out.exists()
 
 
 def test_the_command_exports_a_saved_trace(full, tmp_path, capsys):
@@ -228,3 +234,18 @@ def test_a_broken_or_foreign_file_gives_load_traces_one_line_error(tmp_path, cap
         err = capsys.readouterr().err
         assert err == f"sdviz export: error: {e.value}\n"
         assert not (tmp_path / "run.html").exists()
+
+
+def test_the_documentation_pages_carry_todays_script():
+    """docs/runs/ holds pages exported earlier: they must embed the page script and style as they are now
+    (`python -m sdviz.tracing.export_cli --docs docs/runs` makes them again)."""
+    from sdviz.tracing.export import ASSETS
+
+    root = Path(__file__).parents[1] / "docs" / "runs"
+    pages = sorted(root.glob("*.html"))
+    assert [p.name for p in pages] == ["headline.html", "layers-and-heads.html"]
+    for page in pages:
+        text = page.read_text()
+        for asset in ("page.js", "page.css"):
+            assert (ASSETS / asset).read_text() in text, f"{page.name} is stale: export the docs runs again"
+        assert read_page(page)["prompt"].startswith("a large red")

@@ -275,6 +275,8 @@ def page_data(tr: Any, image: int = 0, drop: Iterable[str] = ()) -> tuple[dict, 
             "trace with record=['latents', 'cross_attention'] (the default records both)"
         )
     info = tr.info
+    if not 0 <= image < len(tr.prompts):
+        raise ValueError(f"image={image} is out of range: this trace holds {len(tr.prompts)} picture(s)")
     picture = np.asarray(tr.images[image].convert("RGB"))  # (H, W, 3)
     data: dict[str, Any] = {
         "prompt": tr.prompts[image],

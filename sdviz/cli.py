@@ -31,6 +31,7 @@ DELEGATED = {
     "train": ("sdviz.toy.train", "train the embedded model on the captioned-shapes world"),
     "evaluate": ("sdviz.toy.evaluate", "measure how well the embedded model follows its prompts"),
     "validate-attention": ("sdviz.toy.validate_attention", "compare attention maps with ground-truth object masks"),
+    "sae": ("sdviz.concepts.cli", "sparse autoencoders on UNet activations: collect, train, grade, check causally"),
 }
 
 

@@ -96,6 +96,7 @@ class SpatialTransformer(nn.Module):
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, context_dim) for _ in range(depth)])
         self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.hook_block_out = HookPoint()  # (B, C, H, W) the block's output: its input plus the transformer's update
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -104,7 +105,7 @@ class SpatialTransformer(nn.Module):
         for block in self.transformer_blocks:
             y = block(y, context)  # (B, HW, C)
         y = y.reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B, HW, C) -> (B, H, W, C) -> (B, C, H, W)
-        return x + self.proj_out(y)  # (B, C, H, W)
+        return self.hook_block_out(x + self.proj_out(y))  # (B, C, H, W)
 
 
 class Downsample(nn.Module):

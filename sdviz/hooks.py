@@ -20,7 +20,9 @@ an empty record without a word (the most common complaint about hook-based tools
     with hooks(pipe, "unet.*.attn2.hook_probs", lambda name, p: print(name, tuple(p.shape))):
         pipe.generate("a red circle", steps=2)
 
-The hooks are removed when the block exits, whether the generation finished or raised.
+The hooks are removed when the block exits, whether the generation finished or raised. A listener hears only the
+runs of its own thread or task (`sdviz.events.Scope`): hooks opened in one thread never hear a generation that
+another thread runs at the same time on the same pipeline.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from sdviz.events import Scope
 
 # Which rows of a batch a listener wants: all of them (None), a slice, or a function of the batch size (so that a
 # trace can ask for "the conditional half" of a guided batch [uncond; cond] whatever its size).
@@ -62,6 +66,10 @@ class Listener:
     fn: Callable[[Tensor, HookCall], Tensor | None]
     rows: Rows = None
     edit: bool = False
+    scope: Scope | None = None  # heard only where this scope is open (None: everywhere)
+
+    def visible(self) -> bool:
+        return self.scope is None or self.scope.visible()
 
     def wants(self, batch: int) -> slice:
         rows = self.rows(batch) if callable(self.rows) else self.rows
@@ -88,18 +96,26 @@ class HookPoint(nn.Module):
 
     @property
     def active(self) -> bool:
-        """True when someone is listening: used to skip work (such as attention probabilities) nobody asked for."""
-        return bool(self.listeners)
+        """True when someone listens here, in this thread or task: used to skip work (such as attention
+        probabilities) nobody asked for."""
+        return any(x.visible() for x in self.listeners)
 
-    def listen(self, fn: Callable[[Tensor, HookCall], Tensor | None], rows: Rows = None, edit: bool = False):
-        """Call `fn(x, call)` with the rows `rows` of every tensor passing here; returns a handle to remove it."""
-        listener = Listener(fn, rows, edit)
+    def listen(
+        self,
+        fn: Callable[[Tensor, HookCall], Tensor | None],
+        rows: Rows = None,
+        edit: bool = False,
+        scope: Scope | None = None,
+    ) -> ListenerHandle:
+        """Call `fn(x, call)` with the rows `rows` of every tensor passing here (while `scope`, if given, is open in
+        the running thread or task); returns a handle to remove it."""
+        listener = Listener(fn, rows, edit, scope)
         self.listeners.append(listener)
         return ListenerHandle(self, listener)
 
     def wanted_rows(self, batch: int) -> slice:
         """The smallest slice of a batch of `batch` rows that covers every listener's rows (empty if none)."""
-        spans = [s for s in (x.wants(batch) for x in self.listeners) if s.stop > s.start]
+        spans = [s for s in (x.wants(batch) for x in self.listeners if x.visible()) if s.stop > s.start]
         if not spans:
             return slice(0, 0)
         return slice(min(s.start for s in spans), max(s.stop for s in spans))
@@ -126,7 +142,8 @@ class HookPoint(nn.Module):
         start = 0 if rows is None else rows.start
         batch = start + len(x) if batch is None else batch
         edited = False
-        for listener in sorted(self.listeners, key=lambda item: not item.edit):  # editors first (a stable sort)
+        heard = [x for x in self.listeners if x.visible()]
+        for listener in sorted(heard, key=lambda item: not item.edit):  # editors first (a stable sort)
             want = listener.wants(batch)
             lo, hi = max(want.start, start) - start, min(want.stop, start + len(x)) - start
             if hi <= lo:
@@ -245,6 +262,26 @@ def select(names: list[str], filter: Filter, what: str = "hook point") -> list[s
     return [x for x in names if x in keep]
 
 
+def select_layers(candidates: list[str], all_names: list[str], filter: Filter, what: str, hint: str = "") -> list[str]:
+    """The candidate layers that a `layers=` filter selects (all of them for None): the one way traces, edits and
+    interventions choose layers.
+
+    The filter is checked against every hook point first (`all_names`: a typo raises HookNameError with close
+    names); then it must select at least one candidate. A candidate is selected when the filter selects its name or a
+    hook point below it (a GroupNorm's module path is selected by its `.hook_in` or `.hook_out`).
+    """
+    if filter is None:
+        return list(candidates)
+    picked = set(select(all_names, filter))
+    below = {name.rsplit(".", 1)[0] for name in picked}
+    chosen = [c for c in candidates if c in picked or c in below]
+    if not chosen:
+        example = close_names(filter if isinstance(filter, str) else str(filter), candidates, n=4)
+        hint = f". {hint}" if hint else ""
+        raise HookNameError(f"layers={filter!r} selects no {what}; such layers are e.g. {', '.join(example)}{hint}")
+    return chosen
+
+
 @contextmanager
 def hooks(
     model: Any, filter: Filter, fn: Callable[[str, Tensor], Any], rows: Rows = None, edit: bool = False
@@ -261,10 +298,14 @@ def hooks(
     points = hook_points(model)
     names = select(list(points), filter)
     handles = []
+    scope = Scope()
+    scope.open()
     try:
         for name in names:
-            handles.append(points[name].listen(lambda x, _call, name=name: fn(name, x), rows=rows, edit=edit))
+            listener = lambda x, _call, name=name: fn(name, x)  # noqa: E731
+            handles.append(points[name].listen(listener, rows=rows, edit=edit, scope=scope))
         yield names
     finally:
+        scope.close()
         for h in handles:
             h.remove()

@@ -35,10 +35,11 @@ from __future__ import annotations
 import functools
 import numbers
 import random
+import re
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,61 +49,24 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sdviz.events import GenerationInfo, GenerationResult, Scope, StepInfo, UNetCall, unet_call
 from sdviz.hooks import hook_points
+from sdviz.inputs import (  # noqa: F401  (image_to_tensor, tensor_to_images, mask_to_tensor: re-exported)
+    alias,
+    check_size,
+    fit_picture,
+    image_to_tensor,
+    integer,
+    mask_to_tensor,
+    real,
+    strings,
+    tensor_to_images,
+)
 from sdviz.samplers import Sampler, get_sampler
 from sdviz.tokenizer import Tokenizer
 from sdviz.weights import Models, load_models
 
 EMBEDDED_MODEL = Path(__file__).parent / "toy" / "model"
-
-
-@dataclass
-class GenerationResult:
-    """What `generate` returns: the pictures, the final (scaled) latents and the seed of each picture."""
-
-    images: list[Image.Image]
-    latents: Tensor  # (B, 4, h, w) on the CPU, float32, as the UNet saw them (multiplied by the scaling factor)
-    seeds: list[int]
-
-    @property
-    def image(self) -> Image.Image:
-        return self.images[0]
-
-
-@dataclass
-class StepInfo:
-    """Everything one denoising step computed; handed to observers (the trace, a live preview) after the step."""
-
-    index: int  # 0 .. len(timesteps) - 1
-    t: int  # the timestep
-    latents: Tensor  # x_t, (B, 4, h, w)
-    eps_cond: Tensor  # the UNet's noise prediction given the prompt
-    eps_uncond: Tensor | None  # given the negative/empty prompt (None without guidance)
-    eps: Tensor  # the guided prediction the sampler used
-    x0: Tensor  # the clean latents this prediction implies (the sampler's `pred_original_sample`)
-    next_latents: Tensor  # x_{t-1}, after inpainting's re-imposition
-
-
-@dataclass
-class GenerationInfo:
-    """What a generation is about to do; handed to observers before the first step."""
-
-    prompts: list[str]
-    negative_prompts: list[str]
-    height: int
-    width: int
-    timesteps: list[int]
-    cfg_scale: float
-    sampler: str
-    seeds: list[int]
-    # The UNet calls of one step, in order: the images (batch rows) each call holds. With guidance a call's UNet
-    # batch is [uncond rows; cond rows] of those images. On the CPU one call per image (see `batch_invariant`).
-    unet_calls: list[slice] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def guided(self) -> bool:
-        return self.cfg_scale > 1.0
 
 
 class Observer(Protocol):
@@ -118,117 +82,60 @@ class Observer(Protocol):
     def on_end(self, pipe: StableDiffusion, result: GenerationResult) -> None: ...
 
 
-def _integer(name: str, value: Any, minimum: int) -> int:
-    """Any integral number (int, numpy integer; not bool) >= minimum, as a Python int; else a one-line error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+
+_STANCE_LOCK = threading.Lock()
+_STANCE: dict[str, Any] = {"users": 0, "previous": None}  # generations running eagerly now; torch's stance before
 
 
-def _strings(name: str, value: Any) -> list[str]:
-    """A string or a non-empty sequence of strings -> a list; anything else is a one-line TypeError."""
-    values = [value] if isinstance(value, str) else value
-    if isinstance(values, Sequence) and values and all(isinstance(v, str) for v in values):
-        return list(values)
-    raise TypeError(f"{name} must be a string or a non-empty list of strings, got {value!r}")
+@contextmanager
+def _force_eager() -> Iterator[None]:
+    """torch.compile's "force_eager" stance while this block runs, shared by every generation that asks for it.
+
+    The stance is process-wide (one setting for every thread). Generations that overlap, on one pipeline or several,
+    count themselves in and out: the first sets the stance, the last one out restores what was there before, so a
+    thread that finishes last can never leave every compiled model of the process running uncompiled."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    if set_stance is None:
+        yield
+        return
+    with _STANCE_LOCK:
+        if _STANCE["users"] == 0:
+            _STANCE["previous"] = set_stance("force_eager")  # sets it now; remembers the stance before
+        _STANCE["users"] += 1
+    try:
+        yield
+    finally:
+        with _STANCE_LOCK:
+            _STANCE["users"] -= 1
+            if _STANCE["users"] == 0:
+                _STANCE.pop("previous").__exit__(None, None, None)  # back to the stance before the first
+                _STANCE["previous"] = None
 
 
-def _alias(name: str, value: Any, default: Any, alias: str, alias_value: Any) -> Any:
-    """diffusers' parameter names are accepted beside sdviz's: `guidance_scale` for `cfg_scale`, ..."""
-    if alias_value is None:
-        return value
-    if value != default:
-        raise ValueError(f"{name} and {alias} are the same setting; give one")
-    return alias_value
-
-
-def _check_size(name: str, value: int, multiple: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
-        raise ValueError(f"{name} must be a positive multiple of {multiple} pixels, got {value!r}")
-    return value
-
-
-def image_to_tensor(image: Image.Image | Tensor, height: int, width: int) -> Tensor:
-    """A PIL image (any mode: L, RGBA, P are converted to RGB) -> (1, 3, height, width) in [-1, 1]."""
-    if isinstance(image, Tensor):
-        x = image if image.ndim == 4 else image[None]
-        if x.shape[-2:] != (height, width):
-            raise ValueError(f"image is {x.shape[-1]}x{x.shape[-2]}, expected {width}x{height}")
-        return x.float()
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"image must be a PIL image or a tensor, got {type(image).__name__}")
-    image = image.convert("RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # (H, W, 3) in [0, 255]
-    return (x / 127.5 - 1.0).permute(2, 0, 1)[None]  # (H, W, 3) -> (1, 3, H, W) in [-1, 1]
-
-
-def tensor_to_images(x: Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> B PIL images. Non-finite values raise (clamped, a NaN would be a black pixel)."""
-    if not torch.isfinite(x).all():
-        raise FloatingPointError("the decoded pictures hold non-finite values (NaN or inf); they would be black pixels")
-    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, 3, H, W) in [0, 255]
-    return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in x]  # (3, H, W) -> (H, W, 3)
-
-
-def mask_to_tensor(mask: Image.Image | Tensor, height: int, width: int, factor: int) -> Tensor:
-    """Inpainting mask, white = repaint, black = keep, the image's size -> (1, 1, H/f, W/f) in {0, 1}."""
-    if isinstance(mask, Image.Image):
-        if mask.size != (width, height):
-            raise ValueError(f"mask is {mask.size[0]}x{mask.size[1]} but the image is {width}x{height}")
-        m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]  # (1, 1, H, W)
-    elif isinstance(mask, Tensor):
-        m = mask.float()
-        m = m.reshape(1, 1, *m.shape[-2:]) if m.numel() == m.shape[-1] * m.shape[-2] else m
-        if m.shape[-2:] != (height, width):
-            raise ValueError(f"mask is {m.shape[-1]}x{m.shape[-2]} but the image is {width}x{height}")
-    else:
-        raise TypeError(f"mask must be a PIL image or a tensor, got {type(mask).__name__}")
-    m = torch.nn.functional.max_pool2d(m, factor)  # (1, 1, H, W) -> (1, 1, H/f, W/f): repaint a latent if any pixel
-    return (m > 0.5).float()
-
-
-def _eager_while_listening(generate: Callable) -> Callable:
-    """Run `generate` with torch.compile's "force_eager" stance while anyone listens at one of the pipeline's hook
-    points. Compiled, a network would have to recompile around every listening hook point (each a graph break that
-    dynamo also meets inside loops, where it gives up on whole frames); eager, the listeners see exactly what an
-    uncompiled pipeline computes, at once. Without listeners the compiled graph runs."""
+def _one_at_a_time(generate: Callable) -> Callable:
+    """A pipeline runs one generation at a time: a second caller (another thread, a widget callback) waits for the
+    first to finish. While anyone listens at one of the pipeline's hook points, the networks run eagerly
+    (torch.compile's "force_eager" stance, see `_force_eager`): compiled, a network would have to recompile around
+    every listening hook point; eager, the listeners see exactly what an uncompiled pipeline computes."""
 
     @functools.wraps(generate)
     def wrapper(self: StableDiffusion, *args: Any, **kwargs: Any) -> GenerationResult:
-        set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
-        if set_stance is None or not any(p.listeners for p in hook_points(self).values()):
-            return generate(self, *args, **kwargs)
-        with set_stance("force_eager"):
-            return generate(self, *args, **kwargs)
+        with self._lock:
+            if not any(p.listeners for p in hook_points(self).values()):
+                return generate(self, *args, **kwargs)
+            with _force_eager():
+                return generate(self, *args, **kwargs)
 
     return wrapper
 
 
-def world_vocabulary() -> dict[str, tuple[str, ...]]:
-    """What a model trained on sdviz's shapes world (the embedded model) was taught, by kind of word: six colours,
-    three shapes, two sizes, five positions of one object and four relations between two (`sdviz/toy/world.py`)."""
-    from sdviz.toy import world
-
-    return {
-        "colours": world.COLOURS,
-        "shapes": world.SHAPES,
-        "sizes": world.SIZES,
-        "positions": tuple(world.POSITION_PHRASES.values()),
-        "relations": tuple(world.RELATION_PHRASES.values()),
-    }
+GLUE = frozenset({"a", "an", "the", "on", "at", "in", "to", "of", "and"})  # words that name nothing
 
 
-def _unknown_prompts(prompts: Sequence[str], vocabulary: dict[str, tuple[str, ...]]) -> list[str]:
-    """The prompts that hold words but not one word that names something of the world (a colour, a shape, a size, a
-    position or a relation; "a", "the", "of" name nothing). The empty prompt is the unconditional one: never listed."""
-    import re
-
-    from sdviz.toy.world import _SYNONYMS
-
-    glue = {"a", "an", "the", "on", "at", "in", "to", "of", "and"}
-    known = {w for phrases in vocabulary.values() for p in phrases for w in p.split()} - glue | set(_SYNONYMS)
+def unknown_prompts(prompts: Sequence[str], vocabulary: dict[str, tuple[str, ...]]) -> list[str]:
+    """The prompts that hold words but not one word of a model's vocabulary (`pipe.vocabulary`: phrases by kind;
+    "a", "the", "of" name nothing). The empty prompt is the unconditional one: never listed."""
+    known = {w for phrases in vocabulary.values() for p in phrases for w in p.lower().split()} - GLUE
     words = [set(re.findall(r"[a-z]+", p.lower())) for p in prompts]
     return [p for p, ws in zip(prompts, words, strict=True) if ws and not ws & known]
 
@@ -249,26 +156,58 @@ class StableDiffusion:
         self.text_encoder = models.text_encoder.to(self.device, dtype).eval().requires_grad_(False)
         self.vae = models.vae.to(self.device, dtype).eval().requires_grad_(False)
         self.unet = models.unet.to(self.device, dtype).eval().requires_grad_(False)
-        self.observers: list[Observer] = []  # told on_start / on_step / on_end (see `observe`)
-        # explicit edits of x_{t-1} after each step, fn(index, t, latents) -> latents (sdviz.editing's local blend)
-        self.latent_editors: list[Callable[[int, int, Tensor], Tensor]] = []
+        # who is told about generations (see `observe`), and explicit edits of x_{t-1} after each step,
+        # fn(index, t, latents) -> latents (sdviz.editing's local blend); each heard only inside its own scope
+        self._observers: list[tuple[Observer, Scope | None]] = []
+        self._latent_editors: list[tuple[Callable[[int, int, Tensor], Tensor], Scope | None]] = []
+        self._lock = threading.RLock()  # one generation at a time (see `_one_at_a_time`)
         # run the networks one image at a time, so that results do not depend on the batch (see module docstring)
         self.batch_invariant = self.device.type == "cpu"
-        # the words it was trained on, for a model of sdviz's shapes world (the embedded model); None for SD weights
-        self.vocabulary: dict[str, tuple[str, ...]] | None = world_vocabulary() if self.config.name == "toy" else None
+        # the words it was taught, by kind, when its folder says (the embedded model's sdviz.json); None for SD weights
+        self.vocabulary: dict[str, tuple[str, ...]] | None = models.vocabulary
+        # its linear latent -> RGB preview map, when its folder ships one (else fitted when a trace asks for it)
+        self.latent_rgb: tuple[Tensor, Tensor] | None = models.latent_rgb
 
     @contextmanager
     def observe(self, observer: Observer) -> Iterator[Observer]:
-        """Tell `observer` about every generation inside the `with` block; it is removed on exit, also on error."""
-        self.observers.append(observer)
+        """Tell `observer` about every generation started inside the `with` block, in this thread or task; it is
+        removed on exit, also on error."""
+        scope = Scope()
+        scope.open()
+        self.add_observer(observer, scope)
         try:
             yield observer
         finally:
-            self.observers[:] = [o for o in self.observers if o is not observer]
+            scope.close()
+            self.remove_observer(observer)
+
+    def add_observer(self, observer: Observer, scope: Scope | None = None) -> None:
+        """Tell `observer` about the generations started where `scope` is open (None: every generation)."""
+        self._observers.append((observer, scope))
+
+    def remove_observer(self, observer: Observer) -> None:
+        self._observers[:] = [(o, s) for o, s in self._observers if o is not observer]
+
+    def add_latent_editor(self, fn: Callable[[int, int, Tensor], Tensor], scope: Scope | None = None) -> None:
+        """Let `fn(index, t, x_next) -> x_next` change the latents after every step of the generations started where
+        `scope` is open (an explicit edit: `sdviz.editing`'s local blend)."""
+        self._latent_editors.append((fn, scope))
+
+    def remove_latent_editor(self, fn: Callable[[int, int, Tensor], Tensor]) -> None:
+        self._latent_editors[:] = [(f, s) for f, s in self._latent_editors if f != fn]
+
+    @property
+    def observers(self) -> list[Observer]:
+        """Every observer attached now (each hears only the generations of its own scope)."""
+        return [o for o, _ in self._observers]
+
+    @property
+    def latent_editors(self) -> list[Callable[[int, int, Tensor], Tensor]]:
+        return [f for f, _ in self._latent_editors]
 
     @property
     def models(self) -> Models:
-        return Models(self.config, self.text_encoder, self.vae, self.unet)
+        return Models(self.config, self.text_encoder, self.vae, self.unet, self.vocabulary, self.latent_rgb)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The three networks by name: the roots of every hook point's path (`unet.down_blocks.0...`)."""
@@ -337,7 +276,7 @@ class StableDiffusion:
     # -- the loop --------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    @_eager_while_listening
+    @_one_at_a_time
     def generate(
         self,
         prompt: str | Sequence[str],
@@ -358,6 +297,7 @@ class StableDiffusion:
         on_step: Callable[[StepInfo], None] | None = None,
         guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
+        null_embeddings: Tensor | None = None,
     ) -> GenerationResult:
         """Generate images.
 
@@ -379,32 +319,42 @@ class StableDiffusion:
             use_karras_sigmas: Karras et al.'s noise levels; an option of "dpmpp_2m" and "unipc" only.
             progress: show a tqdm progress bar.
             on_step: called with each step's `StepInfo` after the step (e.g. a live preview).
+            null_embeddings: (steps, 77, D), step i's unconditional context instead of negative_prompt's, for every
+                image (null-text inversion's optimised embeddings, `sdviz.inversion`); needs cfg_scale > 1.
         """
-        cfg_scale = _alias("cfg_scale", cfg_scale, 7.5, "guidance_scale", guidance_scale)
-        steps = _alias("steps", steps, 50, "num_inference_steps", num_inference_steps)
-        prompts = _strings("prompt", prompt)
-        unknown = _unknown_prompts(prompts, self.vocabulary) if self.vocabulary else []
-        if unknown:  # the embedded model draws shapes whatever it is asked: say so once per call
+        cfg_scale = alias("cfg_scale", cfg_scale, 7.5, "guidance_scale", guidance_scale)
+        steps = alias("steps", steps, 50, "num_inference_steps", num_inference_steps)
+        prompts = strings("prompt", prompt)
+        unknown = unknown_prompts(prompts, self.vocabulary) if self.vocabulary else []
+        if unknown:  # a model of a small world (the embedded one) draws it whatever it is asked: say so once per call
             words = "; ".join(f"{kind}: {', '.join(ws)}" for kind, ws in self.vocabulary.items())
-            what = f"{', '.join(map(repr, unknown))}: no word the embedded model was trained on; it knows {words}"
+            what = f"{', '.join(map(repr, unknown))}: no word this model was trained on; it knows {words}"
             warnings.warn(what, UserWarning, stacklevel=4)  # 4: the caller, past no_grad and the compile wrapper
         negative_prompt = "" if negative_prompt is None else negative_prompt
-        negatives = _strings("negative_prompt", negative_prompt)
+        negatives = strings("negative_prompt", negative_prompt)
         negatives = negatives * len(prompts) if isinstance(negative_prompt, str) else negatives
         if len(negatives) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts; give one or one each")
         b = len(prompts)
+        cfg_scale = real("cfg_scale", cfg_scale)  # NaN would silently give the unguided picture
         factor = self.config.vae.downsampling_factor
         default = self.config.image_size
-        if image is not None and isinstance(image, Image.Image) and height is None and width is None:
-            width, height = image.size
-        height = _check_size("height", default if height is None else height, max(8, factor))
-        width = _check_size("width", default if width is None else width, max(8, factor))
-        steps = _integer("steps", steps, minimum=1)
-        if image is not None and not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be between 0 and 1, got {strength!r}")
+        source = ""
+        if isinstance(image, Image.Image):
+            image, mask, height, width, source = fit_picture(image, mask, height, width)
+        height = check_size("height", default if height is None else height, max(8, factor), source)
+        width = check_size("width", default if width is None else width, max(8, factor), source)
+        steps = integer("steps", steps, minimum=1)
+        if image is not None:
+            strength = real("strength", strength, 0.0, 1.0)
         if mask is not None and image is None:
             raise ValueError("a mask needs an image to inpaint (image=...)")
+        if isinstance(image, Image.Image) and image.size != (width, height):  # resize both, and say so
+            what = f"the image{' and its mask' if isinstance(mask, Image.Image) else ''}"
+            warnings.warn(f"{what} ({image.size[0]}x{image.size[1]}) resized to {width}x{height}", stacklevel=4)
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+            if isinstance(mask, Image.Image):
+                mask = mask.resize((width, height), Image.Resampling.NEAREST)
         options = {k: v for k, v in {"eta": eta, "use_karras_sigmas": use_karras_sigmas}.items() if v is not None}
         if isinstance(sampler, str):  # options given only; one the sampler does not take is an error
             sampler = get_sampler(sampler, self.config.schedule, **options)
@@ -421,6 +371,10 @@ class StableDiffusion:
         guided = cfg_scale > 1.0
         context = self.encode_prompts(prompts)  # (B, 77, 768)
         uncond = self.encode_prompts(negatives) if guided else None  # (B, 77, 768)
+        want = (len(timesteps), *context.shape[1:])  # null_embeddings: one (77, D) context per step
+        if null_embeddings is not None and (not guided or tuple(null_embeddings.shape) != want):
+            got = f"{tuple(null_embeddings.shape)} at cfg_scale {cfg_scale}"
+            raise ValueError(f"null_embeddings must be {want} with cfg_scale > 1, got {got}")
 
         # 2. the starting latents
         shape = (b, self.config.unet.in_channels, height // factor, width // factor)
@@ -436,8 +390,12 @@ class StableDiffusion:
             x = sampler.add_noise(known, noise, timesteps[0]) if timesteps else known  # q(x_t | x_0), DDPM eq. 4
 
         calls = self._chunks(b)
-        info = GenerationInfo(prompts, negatives, height, width, timesteps, cfg_scale, sampler.name, seeds, calls)
-        observers = list(self.observers)
+        latent_hw = (height // factor, width // factor)
+        info = GenerationInfo(
+            prompts, negatives, height, width, timesteps, cfg_scale, sampler.name, seeds, calls, latent_hw
+        )
+        observers = [o for o, scope in self._observers if scope is None or scope.visible()]
+        editors = [f for f, scope in self._latent_editors if scope is None or scope.visible()]
         for obs in observers:
             obs.on_start(self, info)
         finite: list[Tensor] = []  # per step: are x_{t-1}'s values all finite? (on the device; read at the end only)
@@ -445,7 +403,8 @@ class StableDiffusion:
         # 3. the denoising loop
         for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
             x_in = sampler.scale_model_input(x, t)  # Euler: x / sqrt(sigma^2 + 1)
-            eps_cond, eps_uncond = self.predict_noise(x_in, t, context, uncond)
+            u = uncond if null_embeddings is None else null_embeddings[i].to(uncond).expand(b, -1, -1)  # (B, 77, D)
+            eps_cond, eps_uncond = self.predict_noise(x_in, t, context, u, info=info, step=i)
             # classifier-free guidance (Ho & Salimans 2022, eq. 6): move away from the unconditional prediction
             eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond) if guided else eps_cond
             out = sampler.step(eps, t, x, generator=generators)  # x_t -> x_{t-1}; noise from each image's seed
@@ -455,7 +414,7 @@ class StableDiffusion:
                 nxt = timesteps[i + 1] if i + 1 < len(timesteps) else None
                 original = known if nxt is None else sampler.add_noise(known, noise, nxt)
                 x_next = m * x_next + (1 - m) * original
-            for edit in self.latent_editors:  # only explicit edits (sdviz.editing); observers see their result
+            for edit in editors:  # only explicit edits (sdviz.editing); observers see their result
                 x_next = edit(i, t, x_next)  # (B, 4, h, w) -> (B, 4, h, w)
             if observers or on_step is not None:
                 step = StepInfo(i, t, x, eps_cond, eps_uncond, eps, out.pred_original_sample, x_next)
@@ -474,17 +433,32 @@ class StableDiffusion:
         return result
 
     @torch.no_grad()
-    def predict_noise(self, x: Tensor, t: int, context: Tensor, uncond: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def predict_noise(
+        self,
+        x: Tensor,
+        t: int,
+        context: Tensor,
+        uncond: Tensor | None,
+        info: GenerationInfo | None = None,
+        step: int = 0,
+    ) -> tuple[Tensor, Tensor | None]:
         """The UNet's noise predictions for latents x (B, 4, h, w) at timestep t: (eps_cond, eps_uncond).
 
-        With guidance (uncond given), each call runs [uncond; cond] as one batch: (2b, 4, h, w).
+        With guidance (uncond given), each call runs [uncond; cond] as one batch: (2b, 4, h, w). Inside a generation
+        (`info`, `step`), every UNet call is announced as a `UNetCall` (`sdviz.events.current_call()`), so that a
+        hook listener knows which step, images and rows the tensor it is handed belongs to.
         """
         cond_rows, uncond_rows = [], []
-        for rows in self._chunks(len(x)):
+        for k, rows in enumerate(self._chunks(len(x))):
             xc, ctx = x[rows], context[rows]  # (b, 4, h, w), (b, 77, 768)
             if uncond is not None:
                 xc, ctx = torch.cat([xc, xc]), torch.cat([uncond[rows], ctx])  # (2b, 4, h, w), (2b, 77, 768)
-            out = self.unet(xc, torch.full((len(xc),), t, device=self.device), ctx)  # (2b or b, 4, h, w)
+            timestep = torch.full((len(xc),), t, device=self.device)
+            if info is None:
+                out = self.unet(xc, timestep, ctx)  # (2b or b, 4, h, w)
+            else:
+                with unet_call(UNetCall(info, step, int(t), k, rows)):
+                    out = self.unet(xc, timestep, ctx)  # (2b or b, 4, h, w)
             if uncond is not None:
                 eps_u, out = out.chunk(2)  # (2b, 4, h, w) -> 2 x (b, 4, h, w)
                 uncond_rows.append(eps_u)
@@ -499,10 +473,10 @@ class StableDiffusion:
             base = random.SystemRandom().randrange(2**31)
             return [base + i for i in range(b)]
         if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-            return [_integer("seed", seed, minimum=0) + i for i in range(b)]
+            return [integer("seed", seed, minimum=0) + i for i in range(b)]
         if isinstance(seed, (str, bytes)) or not isinstance(seed, Sequence | np.ndarray):
             raise TypeError(f"seed must be an integer, a list of integers or None, got {seed!r}")
-        seeds = [_integer("seed", s, minimum=0) for s in seed]
+        seeds = [integer("seed", s, minimum=0) for s in seed]
         if len(seeds) != b:
             raise ValueError(f"{b} prompts but {len(seeds)} seeds")
         return seeds

@@ -20,8 +20,10 @@ an unobserved generation (attention probabilities are not computed).
     p.hooks["unet.hook_time_embedding"]                                            # (1, 1280)
     p.attention["unet.mid_block.attentions.0.transformer_blocks.0.attn2.hook_probs"].hw   # (8, 8)
 
-Its users: the trace's memory estimate (`sdviz.tracing.layout.unet_layout`) and the flowcharts (`sdviz.flowchart`),
-which also run their line tracer inside a probe (`within=`).
+`unet_layout` turns a probe of the UNet into its *layer layout*: every attention layer and GroupNorm by name, with
+its shapes for a given latent size. It is the one answer to "which layers are there" (`layers`): the trace, the
+edits and the interventions all choose their layers from it. The flowcharts (`sdviz.flowchart`) use `probe` itself,
+and run their line tracer inside it (`within=`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdviz.config import CLIPConfig, UNetConfig, VAEConfig
+from sdviz.config import CLIPConfig, SDConfig, UNetConfig, VAEConfig
 from sdviz.hooks import HookPoint
 from sdviz.models.attention import Attention
 
@@ -175,3 +177,94 @@ def probe(
         for h in handles:
             h.remove()
     return p
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The layer layout: every attention layer and GroupNorm of a UNet, by name, with its shapes
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One attention layer of the UNet: its probabilities are (B, heads, n, m), n = h * w pixels."""
+
+    name: str  # the hook point, e.g. unet.mid_block.attentions.0.transformer_blocks.0.attn2.hook_probs
+    kind: str  # "cross_attention" or "self_attention"
+    heads: int
+    n: int  # query positions (pixels)
+    m: int  # key positions (tokens for cross-attention, pixels for self-attention)
+    hw: tuple[int, int]  # the pixel grid of the queries
+    channels: int = 0  # heads x head width (the values a trace keeps with per-(layer, head) maps are (m, channels))
+
+    @property
+    def resolution(self) -> str:
+        return f"{self.hw[0]}x{self.hw[1]}"
+
+
+@dataclass(frozen=True)
+class NormLayer:
+    """One GroupNorm of the UNet: its input is (B, channels, h, w), normalised in `groups` groups."""
+
+    name: str  # the module path, e.g. unet.down_blocks.0.resnets.0.norm1 (hook points: .hook_in, .hook_out)
+    groups: int
+    channels: int
+    hw: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class UNetLayout:
+    """The shapes a UNet sees for one image of a given latent size (see `unet_layout`)."""
+
+    latent: tuple[int, int, int]  # (C, h, w)
+    hooks: dict[str, tuple[int, ...]]  # every UNet hook point -> its shape for a batch of 1, in forward order
+    attention: dict[str, AttentionLayer]  # by hook name, in forward order
+    groupnorm: dict[str, NormLayer]  # by module path, in forward order
+    time_dims: tuple[int, int]  # (sinusoid width, MLP output width): (320, 1280) for SD 1.5
+
+    def layers(self, kind: str) -> list[str]:
+        """The layer names a record of this kind can watch."""
+        if kind == "groupnorm":
+            return list(self.groupnorm)
+        return [name for name, a in self.attention.items() if a.kind == kind]
+
+
+@functools.lru_cache(maxsize=16)
+def unet_layout(cfg: UNetConfig, latent_hw: tuple[int, int], context_length: int = 77) -> UNetLayout:
+    """Run a UNet of configuration `cfg` on the meta device for one latent of size `latent_hw` and note its shapes
+    (with the shared shape probe, `sdviz.shapes.probe`).
+
+    Cross- and self-attention are told apart by what the forward pass does (a context is passed or not), not by
+    names, and the pixel grid of an attention layer is the (h, w) of the feature map its spatial transformer folds
+    into a sequence.
+    """
+    x = torch.empty(1, cfg.in_channels, *latent_hw, device="meta")
+    context = torch.empty(1, context_length, cfg.context_dim, device="meta")
+    p = probe(cfg, x, 999, context)
+    attention = {
+        n: AttentionLayer(n, a.kind, a.heads, a.n, a.m, a.hw, p.calls[n.removesuffix(".hook_probs")][-1].inputs[0][-1])
+        for n, a in p.attention.items()
+    }
+    return UNetLayout(
+        latent=(cfg.in_channels, *latent_hw),
+        hooks=dict(p.hooks),
+        attention=attention,
+        groupnorm={n: NormLayer(n, g.groups, g.channels, g.hw) for n, g in p.groupnorm.items()},
+        time_dims=(p.hooks["unet.hook_time_sinusoid"][-1], p.hooks["unet.hook_time_embedding"][-1]),
+    )
+
+
+LAYER_KINDS = ("cross_attention", "self_attention", "groupnorm")
+
+
+def layers(config: SDConfig | UNetConfig | Any, kind: str) -> list[str]:
+    """The UNet's layers of one kind, in forward order: "cross_attention" (`...attn2.hook_probs`: pixels -> prompt
+    tokens), "self_attention" (`...attn1.hook_probs`) or "groupnorm" (module paths, with `.hook_in`/`.hook_out`).
+
+    `config` is an `SDConfig`, a `UNetConfig` or anything with a `.config` (a pipeline). The names do not depend on
+    the picture size; they are the hook names whether or not the UNet is compiled."""
+    cfg = getattr(config, "config", config)
+    unet = getattr(cfg, "unet", cfg)
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"unknown layer kind {kind!r}; known: {', '.join(LAYER_KINDS)}")
+    size = 8 * 2 ** (len(unet.channel_mult) - 1)  # a latent grid that every level of the UNet can halve
+    return unet_layout(unet, (size, size)).layers(kind)

@@ -113,6 +113,18 @@ PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p
 SPECIAL = regex.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
 
 
+class NotInPrompt(ValueError, KeyError):
+    """A word that is not a word of the prompt (a ValueError, and a KeyError for the code that looks words up)."""
+
+    def __str__(self) -> str:  # KeyError's own would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+def _bare(word: str) -> str:
+    """A word as prompts are matched: lower case, no surrounding punctuation ("Circle," -> "circle")."""
+    return word.lower().strip().strip(".,;:!?\"'()")
+
+
 @dataclass
 class Encoding:
     """One encoded prompt, with everything needed to label a position of the 77.
@@ -133,6 +145,26 @@ class Encoding:
     words: list[str]
     length: int
     truncated: bool
+
+    def positions(self, word: str | int) -> list[int]:
+        """The token positions (0..76) of a prompt word: its sub-tokens, for every occurrence of the word
+        (case and surrounding punctuation ignored); or, for an int, of the word with that index in `words`.
+
+        The one way sdviz finds a word's tokens (word maps, edits, interventions). A word that is not in the prompt
+        is a one-line `NotInPrompt` error (a ValueError and a KeyError) that lists the prompt's words."""
+        if isinstance(word, bool) or not isinstance(word, str | int):
+            raise TypeError(f"a word is a string (or a word index), got {word!r}")
+        if isinstance(word, int):
+            if not 0 <= word < len(self.words):
+                raise IndexError(f"word index {word} out of range: the prompt has {len(self.words)} words {self.words}")
+            indices = {word}
+        else:
+            indices = {i for i, w in enumerate(self.words) if _bare(w) == _bare(word)}
+        found = [p for p, wi in enumerate(self.word_index) if wi in indices]
+        if not found:
+            words = [_bare(w) for w in self.words]
+            raise NotInPrompt(f"{word!r} is not a word of the prompt {' '.join(self.words)!r}; its words: {words}")
+        return found
 
 
 class Tokenizer:

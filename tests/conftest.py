@@ -1,4 +1,10 @@
-"""Shared test set-up: make `tests/reference.py` importable, keep runs small, and build reference weights once."""
+"""Shared test set-up: make `tests/reference.py` importable, keep runs small, and build pipelines and reference
+weights once per session.
+
+A test module asks for its pipeline with the `pipe` fixture and says which with a module constant
+`PIPE = "embedded"` (the model sdviz ships, the default), `"toy"` (the embedded model's shapes, random weights) or
+`"tiny"` (every code path of SD 1.5 at tiny widths, random weights). Each is built once for the whole session; a test
+that changes a pipeline's setting restores it (`finally`)."""
 
 import gc
 import os
@@ -57,3 +63,44 @@ def tiny_weights(tmp_path_factory):
     from sdviz.config import TINY
 
     return _write_reference_weights(tmp_path_factory.mktemp("tiny"), TINY)
+
+
+@pytest.fixture(scope="session")
+def embedded_pipe():
+    """The embedded model, loaded once."""
+    from sdviz.pipeline import load_pipeline
+
+    return load_pipeline()
+
+
+def _random_pipe(cfg):
+    from sdviz.pipeline import StableDiffusion
+    from sdviz.weights import build_models
+
+    torch.manual_seed(0)
+    return StableDiffusion(build_models(cfg))
+
+
+@pytest.fixture(scope="session")
+def toy_pipe():
+    """The embedded model's configuration with random weights (seed 0)."""
+    from sdviz.config import TOY
+
+    return _random_pipe(TOY)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """The TINY configuration (SD 1.5's code paths at tiny widths) with random weights (seed 0)."""
+    from sdviz.config import TINY
+
+    return _random_pipe(TINY)
+
+
+@pytest.fixture
+def pipe(request):
+    """The session's pipeline that the test module names with `PIPE = "embedded" | "toy" | "tiny"`."""
+    kind = getattr(request.module, "PIPE", "embedded")
+    if kind not in ("embedded", "toy", "tiny"):
+        raise ValueError(f"{request.module.__name__}: PIPE must be 'embedded', 'toy' or 'tiny', not {kind!r}")
+    return request.getfixturevalue(f"{kind}_pipe")

@@ -13,17 +13,12 @@ from sdviz.config import TOY
 from sdviz.pipeline import StableDiffusion
 from sdviz.tracing import aggregate, estimate, hooks, load, trace
 from sdviz.tracing.aggregate import DAAM, SDVIZ, Aggregator
-from sdviz.weights import build_models
+
+PIPE = "toy"  # the session pipeline the `pipe` fixture gives (tests/conftest.py)
 
 PROMPT = "a small cyan triangle above a purple circle"
 STEPS = 3
 ALL = ["step", "layer", "head"]
-
-
-@pytest.fixture(scope="module")
-def pipe() -> StableDiffusion:
-    torch.manual_seed(0)
-    return StableDiffusion(build_models(TOY))
 
 
 def gen(pipe, prompt=PROMPT, **kw):
@@ -107,12 +102,27 @@ def test_daam_method_is_daam_0_2_0s_computation(captured):
     torch.testing.assert_close(lean.word_map("circle", method="daam"), tr.word_map("circle", method="daam"))
 
 
+def _original_reduction(rec, size: tuple[int, int]) -> torch.Tensor:
+    """sdviz's original reduction, written out here: per recorded resolution, the sum over steps and heads upsampled
+    bilinearly to `size`, all of them averaged with the number of single-head maps each holds as its weight."""
+    total, weight = 0.0, 0.0
+    for key, sums in rec.sums.items():
+        s = sums[:, 0].sum((0, 1)).float()  # (S, H, n, m) -> (n, m)
+        heads = sums.shape[2] if "head" in rec.keep else 1
+        up = F.interpolate(s.T.reshape(1, -1, *rec.grid[key]), size=size, mode="bilinear", align_corners=False)[0]
+        total, weight = total + up, weight + float(rec.counts[key][:, 0].sum()) * heads
+    return total / weight
+
+
 def test_the_generic_path_gives_sdvizs_original_maps(captured):
     tr = captured[0]
-    original = tr.cross_attention.combined((64, 64))  # sdviz's original reduction, in the record's own code
+    original = _original_reduction(tr.cross_attention, (64, 64))
     torch.testing.assert_close(tr.token_maps(method=SDVIZ.with_()), original, rtol=1e-5, atol=1e-7)
-    assert tr.token_maps(method="sdviz").equal(original)
-    window = SDVIZ.with_(layers=(16,), steps=(0.0, 0.5))  # 3 steps: 0 <= s < 1.5 -> steps 0 and 1
+    torch.testing.assert_close(tr.token_maps(method="sdviz"), original, rtol=1e-5, atol=1e-7)
+    # a word's map is the mean of its tokens' maps, whether all 77 are computed or only the word's
+    positions = tr.word_positions("circle")
+    torch.testing.assert_close(tr.word_map("circle"), original[positions].mean(0), rtol=1e-5, atol=1e-7)
+    window = SDVIZ.with_(layers=(16,), window=(0.0, 0.5))  # 3 steps: 0 <= s < 1.5 -> steps 0 and 1
     torch.testing.assert_close(
         tr.word_map("circle", method=window),
         tr.word_map("circle", method="sdviz", steps=[0, 1], resolution=16),
@@ -123,7 +133,7 @@ def test_the_generic_path_gives_sdvizs_original_maps(captured):
 
 def test_renormalised_word_tokens_share_each_pixel(captured):
     tr = captured[0]
-    words = aggregate.word_token_positions(tr.encodings[0])
+    words = aggregate.word_token_positions(tr.encoding(0))
     for method in (SDVIZ.with_(renormalise=True), DAAM.with_(renormalise=True)):
         total = tr.token_maps(method=method)[words].sum(0)
         torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=1e-4)
@@ -141,7 +151,7 @@ def test_head_selection_reads_only_the_chosen_heads(captured):
 
 def test_the_output_projection_is_the_attention_output_against_the_token_values(captured):
     tr, probs, values, outputs = captured
-    words = aggregate.word_token_positions(tr.encodings[0])
+    words = aggregate.word_token_positions(tr.encoding(0))
     per_map = []
     for name, steps in probs.items():
         v = values[name.replace("hook_probs", "hook_values")][0]  # (heads, 77, d)
@@ -178,7 +188,7 @@ def test_gating_and_the_self_attention_layers_and_steps_it_reads(captured):
     rec = tr.self_attention
     layer = "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.hook_probs"
     a = rec.map(layer, steps=[2])  # of 3 steps, the window (0.5, 1) holds step 2 only
-    method = SDVIZ.with_(propagate=1, self_layers=("unet.up_blocks.1.attentions.0",), self_steps=(0.5, 1.0), gate=0.5)
+    method = SDVIZ.with_(propagate=1, self_layers=("unet.up_blocks.1.attentions.0",), self_window=(0.5, 1.0), gate=0.5)
     seed = tr.token_maps(size=(16, 16), method=SDVIZ.with_()).reshape(77, -1)
     flat = (seed @ a.T) * seed.clamp(min=0) ** 0.5  # propagated, then gated by the seed's square root
     expected = F.interpolate(flat.reshape(1, 77, 16, 16), size=(64, 64), mode="bilinear")[0]
@@ -194,7 +204,7 @@ def test_the_default_is_sdvizs_reduction_and_best_names_the_toy_models_heads(pip
     torch.testing.assert_close(tr.word_map("circle"), tr.word_map("circle", method="sdviz"))
     assert not torch.allclose(tr.word_map("circle", method="best"), tr.word_map("circle", method="sdviz"))
     # an explicit steps= replaces a method's window: one step's map whatever the window
-    one = tr.word_map("circle", method=DAAM.with_(steps=(0.5, 1.0)), steps=[0])
+    one = tr.word_map("circle", method=DAAM.with_(window=(0.5, 1.0)), steps=[0])
     torch.testing.assert_close(one, tr.word_map("circle", method=DAAM, steps=[0]))
     tr.info["config"]["name"] = "sd15"  # a trace of other weights: the names chosen on the toy model do not apply
     try:
@@ -208,10 +218,10 @@ def test_each_method_says_what_it_needs_and_a_trace_without_it_says_so(pipe):
     assert DAAM.needs() == {"record": ["cross_attention"], "keep": {"cross_attention": ["head", "layer"]}}
     assert SDVIZ.needs() == {"record": ["cross_attention"], "keep": {"cross_attention": []}}
     assert SDVIZ.with_(propagate=1).needs()["record"] == ["cross_attention", "self_attention"]
-    assert SDVIZ.with_(steps=(0.0, 0.5)).needs()["keep"]["cross_attention"] == ["step"]
+    assert SDVIZ.with_(window=(0.0, 0.5)).needs()["keep"]["cross_attention"] == ["step"]
     with trace(pipe, record=["cross_attention"]) as tr:
         gen(pipe)
-    for method, missing in (("daam", "head, layer"), (SDVIZ.with_(steps=(0.5, 1.0)), "keep=\\['step'\\]")):
+    for method, missing in (("daam", "head, layer"), (SDVIZ.with_(window=(0.5, 1.0)), "keep=\\['step'\\]")):
         with pytest.raises(KeyError, match=missing) as e:
             tr.word_map("circle", method=method)
         assert "\n" not in str(e.value)
@@ -220,7 +230,9 @@ def test_each_method_says_what_it_needs_and_a_trace_without_it_says_so(pipe):
     with pytest.raises(ValueError, match="unknown word-map method 'dam'; known: sdviz, daam, best"):
         tr.word_map("circle", method="dam")
     with pytest.raises(ValueError, match="window"):
-        Aggregator(steps=(0.5, 0.2))
+        Aggregator(window=(0.5, 0.2))
+    with pytest.raises(TypeError, match=r"Aggregator\(steps=...\) is now window="):
+        Aggregator(steps=(0.5, 1.0))  # the old name of the window
 
 
 def test_values_are_kept_with_layers_and_heads_saved_and_estimated(pipe, tmp_path):

@@ -22,19 +22,15 @@ import torch
 
 import sdviz
 from sdviz.editing import LocalBlend, Refine, Replace, Reweight, edit, refinement, replace, replacement
-from sdviz.editing.evaluate import colour_swaps, evaluate_replace, outside_change, reweight_growth, summarise
 from sdviz.hooks import HookNameError, HookPoint, hooks
 from sdviz.models.attention import Attention
-from sdviz.pipeline import load_pipeline
+from sdviz.toy.edit_evaluation import colour_swaps, evaluate_replace, outside_change, reweight_growth, summarise
 from sdviz.tracing import trace
+
+PIPE = "embedded"  # the session pipeline the `pipe` fixture gives (tests/conftest.py)
 
 PROMPT = "a large red circle above a small blue square"
 FAST = {"steps": 8, "cfg_scale": 5.0, "sampler": "ddim", "progress": False}
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return load_pipeline()
 
 
 def gen(pipe, prompt=PROMPT, seed=3, **kw):
@@ -96,8 +92,8 @@ def test_edits_that_change_nothing_give_the_same_latents_bit_for_bit(pipe):
     base = gen(pipe)
     for noop in (
         Reweight({"red": 1.0}),  # probabilities come back equal: the fused kernel's output is kept
-        Reweight({"red": 4.0}, steps=0.0),  # no step: no probability is even computed
-        Reweight({"red": 4.0}, steps=(0.5, 0.5)),
+        Reweight({"red": 4.0}, reweight_steps=0.0),  # no step: no probability is even computed
+        Reweight({"red": 4.0}, reweight_steps=(0.5, 0.5)),
         Reweight({"red": 4.0}, images=[]),  # no image
     ):
         with edit(pipe, noop):
@@ -236,8 +232,12 @@ def test_bad_input_is_a_one_line_error(pipe):
 
 
 def test_reweight_widget_regenerates_and_figures_draw(pipe):
-    from sdviz.editing import reweight_widget
+    import sdviz.editing
     from sdviz.viz import edit_figures
+    from sdviz.viz.widgets import reweight_widget
+
+    with pytest.raises(AttributeError, match="from sdviz.viz.widgets import reweight_widget"):
+        sdviz.editing.reweight_widget  # noqa: B018  (it moved to the widgets; the old name says where)
 
     box = reweight_widget(pipe, PROMPT, "red", steps=4)
     slider, _, picture = box.children

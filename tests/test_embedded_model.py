@@ -15,10 +15,12 @@ import json
 import pytest
 
 from sdviz.config import TOY
-from sdviz.pipeline import EMBEDDED_MODEL, load_pipeline
+from sdviz.pipeline import EMBEDDED_MODEL
 from sdviz.toy import judge, world
 from sdviz.toy.evaluate import CARD_DIGITS, card_metrics, evaluate
 from sdviz.weights import WeightsError, load_models
+
+PIPE = "embedded"  # the session pipeline the `pipe` fixture gives (tests/conftest.py)
 
 # How far a re-measured metric may be from the card: 3 of the 100 pictures (or ~3 objects of ~150) judged
 # differently, and 0.5 dB of reconstruction PSNR.
@@ -29,11 +31,6 @@ CARD_TOLERANCE["vae_psnr"] = 0.5
 @pytest.fixture(scope="module")
 def card() -> dict:
     return json.loads((EMBEDDED_MODEL / "sdviz.json").read_text())["card"]
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return load_pipeline()
 
 
 def test_shipped_weights_load_and_are_small(pipe):

@@ -7,16 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sdviz.config import TINY
-from sdviz.pipeline import StableDiffusion
 from sdviz.samplers import SAMPLERS
-from sdviz.weights import build_models
 
-
-@pytest.fixture(scope="module")
-def pipe() -> StableDiffusion:
-    torch.manual_seed(0)
-    return StableDiffusion(build_models(TINY))
+PIPE = "tiny"  # the session pipeline the `pipe` fixture gives (tests/conftest.py)
 
 
 def picture(mode: str = "RGB", size=(64, 64)) -> Image.Image:

@@ -28,10 +28,11 @@ from diffusers import (
 )
 
 from sdviz.config import TINY
-from sdviz.pipeline import StableDiffusion
 from sdviz.samplers import NoiseSchedule, get_sampler
 from sdviz.samplers.dpm_solver import karras_sigmas
 from sdviz.weights import build_models
+
+PIPE = "tiny"  # the session pipeline the `pipe` fixture gives (tests/conftest.py)
 
 # diffusers' multistep schedulers call np.array on a tensor, which NumPy 2 warns about: their noise, not ours
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -366,12 +367,6 @@ def test_history_is_per_image(case):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # through the pipeline (random TINY weights): a seed is a picture at any batch position
-
-
-@pytest.fixture(scope="module")
-def pipe() -> StableDiffusion:
-    torch.manual_seed(0)
-    return StableDiffusion(build_models(TINY))
 
 
 @pytest.mark.parametrize("case", CASES)

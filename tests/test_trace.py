@@ -17,7 +17,6 @@ from sdviz.config import SD15, TOY
 from sdviz.hooks import HookPoint
 from sdviz.models.common import GroupNorm
 from sdviz.models.unet import timestep_embedding
-from sdviz.pipeline import StableDiffusion
 from sdviz.samplers import get_sampler
 from sdviz.tracing import (
     HookNameError,
@@ -31,16 +30,10 @@ from sdviz.tracing import (
     trace,
 )
 from sdviz.tracing.preview import latent_rgb_map
-from sdviz.weights import build_models
 
+PIPE = "toy"  # the session pipeline the `pipe` fixture gives (tests/conftest.py)
 PROMPT = "a red circle above a cyan square"
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def pipe() -> StableDiffusion:
-    torch.manual_seed(0)
-    return StableDiffusion(build_models(TOY))
 
 
 def gen(pipe, prompt=PROMPT, **kw):

@@ -8,19 +8,16 @@ import pytest
 import torch
 
 from sdviz.config import TINY
-from sdviz.pipeline import StableDiffusion, load_pipeline, world_vocabulary
+from sdviz.pipeline import StableDiffusion, unknown_prompts
 from sdviz.toy import world
 from sdviz.weights import build_models
 
-
-@pytest.fixture(scope="module")
-def pipe():
-    return load_pipeline()
+PIPE = "embedded"  # the session pipeline the `pipe` fixture gives (tests/conftest.py)
 
 
 def test_the_vocabulary_is_the_worlds(pipe):
-    v = pipe.vocabulary
-    assert v == world_vocabulary()
+    v = pipe.vocabulary  # read from the model folder's sdviz.json, which the toy's export writes
+    assert v == world.vocabulary()
     assert v["colours"] == world.COLOURS and v["shapes"] == world.SHAPES and v["sizes"] == world.SIZES
     assert "on the left" in v["positions"] and "to the right of" in v["relations"]
 
@@ -57,3 +54,8 @@ def test_other_weights_have_no_vocabulary_and_never_warn():
     other = StableDiffusion(build_models(TINY))
     assert other.vocabulary is None
     assert _warnings(other, "a photo of a cat") == []
+
+
+def test_unknown_prompts_reads_any_vocabulary():
+    vocabulary = {"animals": ("cat", "dog"), "places": ("on the mat",)}
+    assert unknown_prompts(["a cat", "a red car", "", "the mat"], vocabulary) == ["a red car"]

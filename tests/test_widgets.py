@@ -21,6 +21,8 @@ from sdviz.viz.display import Figure
 from sdviz.viz.widgets import explorer, player, studio
 from sdviz.viz.widgets import frames as F
 
+PIPE = "embedded"  # the session pipeline the `pipe` fixture gives (tests/conftest.py)
+
 # --------------------------------------------------------------------------------------------------------------------
 # 1. Figures display as pictures
 # --------------------------------------------------------------------------------------------------------------------
@@ -72,13 +74,6 @@ def test_plots_return_displayable_figures():
 
 PROMPT = "a large red circle above a small blue square"
 STEPS = 5
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    from sdviz.pipeline import load_pipeline
-
-    return load_pipeline()
 
 
 @pytest.fixture(scope="module")

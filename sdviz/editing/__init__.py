@@ -19,14 +19,15 @@ functions above), and a trace run inside an edit records the edited values.
     control.py   `edit(pipe, *edits)`, the `Edit` base class and the controller (p2p's AttentionControl)
     p2p.py       Reweight, Replace, Refine, LocalBlend and the one-call functions
     prompts.py   which token of one prompt stands for which of another (replace's and refine's alignments)
-    widgets.py   a word-weight slider that regenerates, for notebooks
+
+The word-weight slider for notebooks is a widget: `from sdviz.viz.widgets import reweight_widget`.
 
 `sdviz.edit` is `edit` here, re-exported by the package.
 """
 
 from sdviz.editing.control import Edit, Run, Site, edit
 from sdviz.editing.p2p import LocalBlend, Refine, Replace, Reweight, refine, replace, reweight
-from sdviz.editing.prompts import Alignment, refinement, replacement, word_positions
+from sdviz.editing.prompts import Alignment, refinement, replacement
 
 __all__ = [
     "Alignment",
@@ -43,13 +44,11 @@ __all__ = [
     "replace",
     "replacement",
     "reweight",
-    "reweight_widget",
-    "word_positions",
 ]
 
 
-def reweight_widget(*args, **kwargs):
-    """A word-weight slider that regenerates the picture and the word's map (see `sdviz.editing.widgets`)."""
-    from sdviz.editing.widgets import reweight_widget as widget
-
-    return widget(*args, **kwargs)
+def __getattr__(name: str) -> None:
+    """Names that moved away raise at once and say where they went (nothing here imports `sdviz.viz`)."""
+    if name == "reweight_widget":
+        raise AttributeError("sdviz.editing.reweight_widget moved: use `from sdviz.viz.widgets import reweight_widget`")
+    raise AttributeError(f"module 'sdviz.editing' has no attribute {name!r}")

@@ -5,18 +5,20 @@
 
 Entering the block checks every edit's `layers=` filter against the pipeline's hook points (a filter that matches
 nothing raises and lists close names, as trace filters do), then attaches one *editor* listener to each attention
-hook point some edit may touch, one observer that counts the UNet calls, the pipeline observer that learns about each
-generation, and the latent editor that local blend needs. Leaving the block removes all of them, also when the
-generation raised.
+hook point some edit may touch, the pipeline observer that learns about each generation, and the latent editor that
+local blend needs, all in the scope of the running thread or task (`sdviz.events.Scope`: an edit changes only the
+generations started inside its own `with` block). Leaving the block removes all of them, also when the generation
+raised.
 
 The controller plays the part of prompt-to-prompt's `AttentionControl`. Each time an attention layer runs during a
-generation it knows the denoising step, which images (prompts) the UNet call holds, and which rows of the UNet batch
-are whose: with guidance a call's batch is [uncond rows; cond rows] of its images, and, as in p2p, edits touch the
-conditional rows only. It asks the edits which of those rows they want at this layer and step; the attention layer
-computes probabilities for those rows only (none at all on steps or layers no edit wants) and hands them over in
-chunks of query positions. For each chunk the controller first lets every edit *record* (read the unedited
-probabilities: the source's maps, local blend's word maps), then lets each edit in turn *apply* its change. The
-attention layer recomputes its output, probs @ V, only for rows whose probabilities came back changed.
+generation, the pipeline's announcement of the running UNet call (`sdviz.events.current_call()`) says the denoising
+step, which images (prompts) the call holds, and which rows of the UNet batch are whose: with guidance a call's batch
+is [uncond rows; cond rows] of its images, and, as in p2p, edits touch the conditional rows only. It asks the edits
+which of those rows they want at this layer and step; the attention layer computes probabilities for those rows only
+(none at all on steps or layers no edit wants) and hands them over in chunks of query positions. For each chunk the
+controller first lets every edit *record* (read the unedited probabilities: the source's maps, local blend's word
+maps), then lets each edit in turn *apply* its change. The attention layer recomputes its output, probs @ V, only
+for rows whose probabilities came back changed.
 
 What is bit-identical to no edit: everything an edit does not change. Steps, layers and images that no edit wants
 compute no probabilities and keep the fused kernel; rows whose probabilities an edit hands back unchanged (a reweight
@@ -33,46 +35,27 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from sdviz.hooks import Filter, HookCall, HookNameError, close_names, hook_points, select
+from sdviz import shapes
+from sdviz.events import Scope, UNetCall, current_call
+from sdviz.hooks import Filter, HookCall, hook_points, select_layers
+from sdviz.shapes import AttentionLayer, UNetLayout, unet_layout
 from sdviz.tokenizer import Encoding
-from sdviz.tracing.layout import AttentionLayer, UNetLayout, unet_layout
 
 if TYPE_CHECKING:
+    from sdviz.events import GenerationInfo, GenerationResult, StepInfo
     from sdviz.pipeline import StableDiffusion
 
 KINDS = ("cross", "self")  # cross-attention (attn2: pixels -> prompt tokens) and self-attention (attn1)
 EMPTY = slice(0, 0)
 
 
-def attention_layers(pipe: StableDiffusion) -> dict[str, list[str]]:
-    """The UNet's attention hook points by kind, in forward order: {"cross": [...attn2.hook_probs], "self":
-    [...attn1.hook_probs]} (every transformer block has self-attention `attn1` and cross-attention `attn2`)."""
-    names = [n for n in hook_points(pipe) if n.startswith("unet.")]
-    return {
-        "cross": [n for n in names if n.endswith(".attn2.hook_probs")],
-        "self": [n for n in names if n.endswith(".attn1.hook_probs")],
-    }
-
-
 def choose_layers(pipe: StableDiffusion, filter: Filter, kinds: Sequence[str], edit: str) -> list[str]:
-    """The attention layers of the given kinds that a `layers=` filter selects (all of them for None).
-
-    The filter is checked against every hook point (a typo raises HookNameError with close names), then it must
-    select at least one attention layer of those kinds.
-    """
-    layers = attention_layers(pipe)
-    candidates = [name for kind in kinds for name in layers[kind]]
-    if filter is None:
-        return candidates
-    picked = set(select(list(hook_points(pipe)), filter))
-    chosen = [name for name in candidates if name in picked]
-    if not chosen:
-        example = close_names(filter if isinstance(filter, str) else str(filter), candidates, n=4)
-        raise HookNameError(
-            f"{edit}: layers={filter!r} selects no {' or '.join(kinds)}-attention layer of the UNet; "
-            f"such layers are e.g. {', '.join(example)}"
-        )
-    return chosen
+    """The attention layers of the given kinds ("cross", "self") that a `layers=` filter selects (all of them for
+    None), from the UNet's layer layout (`sdviz.shapes.layers`); a filter that matches no hook point, or no attention
+    layer of those kinds, raises HookNameError with close names."""
+    candidates = [name for kind in kinds for name in shapes.layers(pipe.config, f"{kind}_attention")]
+    what = f"{' or '.join(kinds)}-attention layer of the UNet (for {edit})"
+    return select_layers(candidates, list(hook_points(pipe)), filter, what)
 
 
 def step_range(steps: Any, n: int, what: str) -> range:
@@ -177,13 +160,10 @@ class Controller:
     def __init__(self, pipe: StableDiffusion, edits: list[Edit]):
         self.pipe, self.edits = pipe, edits
         self.run: Run | None = None  # the generation running now
-        self.unet_calls: list[slice] = []  # the images each UNet call of a step holds
-        self.guided = False
-        self.calls = 0  # UNet calls so far in this generation
-        self.step: int | None = None  # the step index running now
-        self.images = EMPTY  # the images the running UNet call holds
+        self.info: GenerationInfo | None = None  # ... as the pipeline described it (its UNet calls carry it)
         self.by_layer: dict[str, list[Edit]] = {}  # hook name -> the edits that may touch it
         self.handles: list[Any] = []
+        self.scope = Scope()
 
     # -- attaching ---------------------------------------------------------------------------------------------------
 
@@ -192,14 +172,15 @@ class Controller:
             for name in e.bind(self.pipe):
                 self.by_layer.setdefault(name, []).append(e)
         points = hook_points(self.pipe)
+        self.scope.open()
         try:
-            self.handles.append(points["unet.hook_time_sinusoid"].listen(self._on_unet_call))  # first in every call
             for name in self.by_layer:
                 point = points[name]
                 rows = lambda batch, name=name: self._rows(name, batch)  # noqa: E731
-                self.handles.append(point.listen(lambda p, call, name=name: self._on_probs(name, p, call), rows, True))
-            self.pipe.observers.append(self)
-            self.pipe.latent_editors.append(self._edit_latents)
+                fn = lambda p, hook, name=name: self._on_probs(name, p, hook)  # noqa: E731
+                self.handles.append(point.listen(fn, rows, edit=True, scope=self.scope))
+            self.pipe.add_observer(self, self.scope)
+            self.pipe.add_latent_editor(self._edit_latents, self.scope)
         except BaseException:
             self.detach()
             raise
@@ -209,15 +190,15 @@ class Controller:
         for h in self.handles:
             h.remove()
         self.handles = []
-        self.pipe.observers[:] = [o for o in self.pipe.observers if o is not self]
-        self.pipe.latent_editors[:] = [f for f in self.pipe.latent_editors if f != self._edit_latents]
+        self.pipe.remove_observer(self)
+        self.pipe.remove_latent_editor(self._edit_latents)
+        self.scope.close()
         self._end()
 
     # -- the pipeline's events (sdviz.pipeline.Observer) -------------------------------------------------------------
 
-    def on_start(self, pipe: StableDiffusion, info: Any) -> None:
-        factor = pipe.config.vae.downsampling_factor
-        latent_hw = (info.height // factor, info.width // factor)
+    def on_start(self, pipe: StableDiffusion, info: GenerationInfo) -> None:
+        latent_hw = info.latent_hw
         self.run = Run(
             prompts=list(info.prompts),
             encodings=[pipe.tokenizer.encode(p) for p in info.prompts],
@@ -226,57 +207,52 @@ class Controller:
             layout=unet_layout(pipe.unet.config, latent_hw, pipe.config.clip.max_length),
             latent_hw=latent_hw,
         )
-        self.unet_calls, self.guided = list(info.unet_calls), info.cfg_scale > 1.0
-        self.calls, self.step, self.images = 0, None, EMPTY
+        self.info = info
         for e in self.edits:
             e.setup(self.run)
 
-    def on_step(self, pipe: StableDiffusion, step: Any) -> None:
+    def on_step(self, pipe: StableDiffusion, step: StepInfo) -> None:
         pass
 
-    def on_end(self, pipe: StableDiffusion, result: Any) -> None:
+    def on_end(self, pipe: StableDiffusion, result: GenerationResult) -> None:
         self._end()
 
     def _end(self) -> None:
-        self.run, self.step, self.images = None, None, EMPTY
+        self.run, self.info = None, None
         for e in self.edits:
             e.finish()
 
     # -- the listeners -----------------------------------------------------------------------------------------------
 
-    def _on_unet_call(self, x: Tensor, call: HookCall) -> None:
-        """The k-th UNet call of a generation is call k % n of step k // n (n calls per step: `unet_calls`)."""
-        if self.run is None or not self.unet_calls:
-            return
-        n = len(self.unet_calls)
-        self.step, self.images = self.calls // n, self.unet_calls[self.calls % n]
-        self.calls += 1
-
-    def _cond_offset(self, batch: int) -> int:
-        """The first conditional row of a UNet call's batch: [uncond; cond] with guidance, all rows without."""
-        return batch // 2 if self.guided else 0
+    def _call(self) -> UNetCall | None:
+        """The UNet call running now, if it belongs to the generation being edited."""
+        call = current_call()
+        return call if call is not None and self.run is not None and call.info is self.info else None
 
     def _rows(self, name: str, batch: int) -> slice:
         """The conditional rows of the running call whose images some edit wants at this layer and step."""
-        if self.run is None or self.step is None:
+        call = self._call()
+        if call is None:
             return EMPTY
         layer = self.run.layout.attention[name]
         wanted = [
             i
-            for i in range(self.images.start, self.images.stop)
-            if any(e.wants(layer, self.step, i) for e in self.by_layer[name])
+            for i in range(call.images.start, call.images.stop)
+            if any(e.wants(layer, call.step, i) for e in self.by_layer[name])
         ]
         if not wanted:
             return EMPTY
-        first = self._cond_offset(batch) - self.images.start
+        first = call.cond_rows.start - call.images.start  # UNet row of image i: first + i
         return slice(first + min(wanted), first + max(wanted) + 1)
 
-    def _on_probs(self, name: str, probs: Tensor, call: HookCall) -> Tensor | None:
+    def _on_probs(self, name: str, probs: Tensor, hook: HookCall) -> Tensor | None:
         """Record, then apply, every edit of this layer on one chunk of probabilities (rows, heads, queries, keys)."""
+        call = self._call()
+        if call is None:
+            return None
         layer = self.run.layout.attention[name]
-        first = self._cond_offset(call.batch) - self.images.start
-        images = tuple(r - first for r in range(call.rows.start, call.rows.stop))
-        site = Site(layer, self.step, call.queries or slice(0, layer.n), images)
+        images = tuple(call.image_of(r) for r in range(hook.rows.start, hook.rows.stop))
+        site = Site(layer, call.step, hook.queries or slice(0, layer.n), images)
         edits = self.by_layer[name]
         for e in edits:
             e.record(site, probs)

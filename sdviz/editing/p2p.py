@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdviz.editing.control import Edit, Run, Site, edit, step_range
-from sdviz.editing.prompts import Alignment, refinement, replacement, word_positions
+from sdviz.editing.prompts import Alignment, refinement, replacement
 from sdviz.hooks import Filter
-from sdviz.tracing.layout import AttentionLayer
+from sdviz.shapes import AttentionLayer
 
 if TYPE_CHECKING:
     from sdviz.pipeline import StableDiffusion
@@ -63,7 +63,8 @@ class Reweight(Edit):
     Args:
         weights: {word: factor}; a word split into several tokens has each of its columns scaled. As in p2p, the
             probabilities are not renormalised: a factor of 2 doubles how much every pixel reads that word.
-        steps: the steps to reweight: a fraction (the first 0.5 of the steps) or a pair of fractions; all by default.
+        reweight_steps: the steps to reweight: a fraction (the first 0.5 of the steps) or a pair of fractions; all
+            by default. (`steps` is always the number of denoising steps, as in `generate`.)
         images: which images of the generation (indices) to reweight; all by default. Each must have every word.
         layers: a filter on the UNet's cross-attention hook points (default: all of them).
 
@@ -77,16 +78,22 @@ class Reweight(Edit):
     def __init__(
         self,
         weights: Mapping[str, float],
-        steps: float | tuple[float, float] = 1.0,
+        reweight_steps: float | tuple[float, float] = 1.0,
         images: Sequence[int] | None = None,
         layers: Filter = None,
+        steps: Any = None,
     ):
         super().__init__(layers)
+        if steps is not None:
+            raise TypeError(
+                "Reweight(steps=...) is now reweight_steps=... (the fraction of the steps to reweight); "
+                "steps= is the number of denoising steps, an argument of generate"
+            )
         if not isinstance(weights, Mapping) or not weights:
             raise TypeError(f"weights is a dict {{word: factor}}, e.g. {{'red': 2.0}}; got {weights!r}")
         self.weights = {w: _number(f"the weight of {w!r}", x) for w, x in weights.items()}
-        step_range(steps, 1, "reweight steps")  # checked now, resolved per generation
-        self.steps, self.images = steps, None if images is None else [int(i) for i in images]
+        step_range(reweight_steps, 1, "reweight_steps")  # checked now, resolved per generation
+        self.reweight_steps, self.images = reweight_steps, None if images is None else [int(i) for i in images]
         self._factors: dict[int, Tensor] = {}  # image -> (M,) factor per token column
         self._steps = range(0)
 
@@ -95,12 +102,12 @@ class Reweight(Edit):
         for i in images:
             if not 0 <= i < len(run.prompts):
                 raise IndexError(f"reweight: image {i} out of range; the generation has {len(run.prompts)} prompts")
-        self._steps = step_range(self.steps, run.steps, "reweight steps")
+        self._steps = step_range(self.reweight_steps, run.steps, "reweight_steps")
         self._factors = {}
         for i in images:
             factors = torch.ones(len(run.encodings[i].ids))  # (M,)
             for word, w in self.weights.items():
-                factors[word_positions(run.encodings[i], word, run.prompts[i])] = w
+                factors[run.encodings[i].positions(word)] = w
             self._factors[i] = factors
 
     def wants(self, layer: AttentionLayer, step: int, image: int) -> bool:
@@ -123,7 +130,7 @@ def _cross_alpha(spec: Any, run: Run, target: int) -> Tensor:
     alpha[list(step_range(bounds.pop("default_", 1.0), n, "cross_replace_steps"))] = True
     for word, b in bounds.items():
         try:
-            positions = word_positions(run.encodings[target], word, run.prompts[target])
+            positions = run.encodings[target].positions(word)
         except ValueError:
             continue  # checked for every target in `setup`: the word must be in one of them
         alpha[:, positions] = False
@@ -164,7 +171,10 @@ class Replace(Edit):
             step_range(bounds, 1, "cross_replace_steps")
         step_range(self_replace_steps, 1, "self_replace_steps")
         self.cross_replace_steps, self.self_replace_steps = cross_replace_steps, self_replace_steps
-        self.self_replace_max_queries = self_replace_max_queries
+        q = self_replace_max_queries
+        if isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 1:
+            raise ValueError(f"self_replace_max_queries is a number of pixels >= 1 (a layer's n), got {q!r}")
+        self.self_replace_max_queries = int(q)
         self.alignments: dict[int, Alignment] = {}  # target image -> how its columns come from the source's
         self._alpha: dict[int, Tensor] = {}  # target image -> (steps, M) bool
         self._cross_steps: set[int] = set()
@@ -182,7 +192,7 @@ class Replace(Edit):
         if isinstance(self.cross_replace_steps, Mapping):
             for word in self.cross_replace_steps:
                 if word != "default_" and not any(_has_word(run, j, word) for j in targets):
-                    word_positions(run.encodings[1], word, run.prompts[1])  # raises, listing the target's words
+                    run.encodings[1].positions(word)  # raises, listing the target's words
         self._alpha = {j: _cross_alpha(self.cross_replace_steps, run, j) & ~self.alignments[j].own for j in targets}
         self._cross_steps = {s for a in self._alpha.values() for s in a.any(1).nonzero()[:, 0].tolist()}
         self._self_steps = step_range(self.self_replace_steps, run.steps, "self_replace_steps")
@@ -235,7 +245,7 @@ class Replace(Edit):
 
 def _has_word(run: Run, image: int, word: str) -> bool:
     try:
-        word_positions(run.encodings[image], word, run.prompts[image])
+        run.encodings[image].positions(word)
     except ValueError:
         return False
     return True
@@ -267,7 +277,7 @@ class LocalBlend(Edit):
     Args:
         words: one entry per prompt (source first), a word or a list of words: ["red", "blue"] or
             [("red", "circle"), ("blue", "circle")]; diffusers' `local_blend_words`, p2p's `LocalBlend(prompts, words)`.
-        threshold: of the normalised map (p2p: 0.3).
+        threshold: of the normalised map, strictly between 0 and 1 (p2p: 0.3).
         start_blend: the fraction of the steps before blending starts (p2p: 0.2).
         resolution: the cross-attention layers whose maps count (p2p: the 16 x 16 ones); an int or (h, w).
         layers: a filter on the UNet's cross-attention hook points, narrowed further by `resolution`.
@@ -294,6 +304,8 @@ class LocalBlend(Edit):
             )
         self.words = [[w] if isinstance(w, str) else list(w) for w in words]
         self.threshold = _number("threshold", threshold)
+        if not 0.0 < self.threshold < 1.0:  # >= 1 masks nothing (the target = the source), <= 0 everything (no blend)
+            raise ValueError(f"threshold is a fraction of the map's maximum, in (0, 1); got {threshold!r}")
         self.start_blend = _number("start_blend", start_blend)
         step_range(self.start_blend, 1, "start_blend")
         self.resolution = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
@@ -311,7 +323,7 @@ class LocalBlend(Edit):
                 f"{len(self.words)} entries ({self.words})"
             )
         self._positions = {
-            i: sorted({p for w in ws for p in word_positions(run.encodings[i], w, run.prompts[i])})
+            i: sorted({p for w in ws for p in run.encodings[i].positions(w)})
             for i, ws in enumerate(self.words)
         }
         chosen = {n: run.layout.attention[n] for n in self.layer_names}
@@ -421,10 +433,15 @@ def reweight(
     pipe: StableDiffusion,
     prompt: str,
     weights: Mapping[str, float],
-    steps: float | tuple[float, float] = 1.0,
+    reweight_steps: float | tuple[float, float] = 1.0,
     seed: int | None = None,
     **generate: Any,
 ) -> Any:
-    """Generate `prompt` with some words' attention scaled (`Reweight`); returns the `GenerationResult`."""
-    with edit(pipe, Reweight(weights, steps)):
+    """Generate `prompt` with some words' attention scaled (`Reweight`) on the fraction `reweight_steps` of the
+    steps; returns the `GenerationResult`. Other keyword arguments go to `pipe.generate` (steps= is the number of
+    denoising steps there, as for `replace` and `refine`)."""
+    steps = generate.get("steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, numbers.Integral)):
+        raise TypeError(f"steps={steps!r} is the number of denoising steps; the fraction to reweight is reweight_steps")
+    with edit(pipe, Reweight(weights, reweight_steps)):
         return pipe.generate(prompt, seed=seed, **generate)

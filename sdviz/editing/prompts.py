@@ -45,21 +45,6 @@ def _norm(word: str) -> str:
     return word.lower().strip().strip(".,;:!?\"'()")
 
 
-def word_positions(encoding: Encoding, word: str, prompt: str) -> list[int]:
-    """The token positions (0..76) of every occurrence of a prompt word (punctuation and case ignored).
-
-    A word that is not in the prompt is a one-line error that lists the prompt's words.
-    """
-    if not isinstance(word, str):
-        raise TypeError(f"a word is a string, got {word!r}")
-    indices = {i for i, w in enumerate(encoding.words) if _norm(w) == _norm(word)}
-    positions = [p for p, wi in enumerate(encoding.word_index) if wi in indices]
-    if not positions:
-        words = [_norm(w) for w in encoding.words]
-        raise ValueError(f"{word!r} is not a word of the prompt {prompt!r}; its words: {words}")
-    return positions
-
-
 def _word_tokens(encoding: Encoding) -> list[list[int]]:
     """The token positions of each word, in order (a word cut off by truncation has none)."""
     groups: list[list[int]] = [[] for _ in encoding.words]

@@ -118,7 +118,7 @@ def _needs_all(methods: Sequence[Aggregator]) -> dict[str, Any]:
 
 
 # what the ladder records once per picture: every axis of cross-attention, the values, self-attention per step
-LADDER_NEEDS = _needs_all([DAAM.with_(propagate=1, self_steps=(0.5, 1.0), source="output")])
+LADDER_NEEDS = _needs_all([DAAM.with_(propagate=1, self_window=(0.5, 1.0), source="output")])
 
 
 def _compact(tr: Any) -> None:
@@ -134,7 +134,7 @@ def _compact(tr: Any) -> None:
 def rank_heads(train: Sequence[Scene], method: Aggregator) -> list[tuple[tuple[str, int], float]]:
     """Every (layer, head) of the method's layers, with the training split's mIoU of its map alone, best first."""
     rec = train[0].trace.cross_attention
-    latent = aggregate.latent_size(train[0].trace)
+    latent = train[0].trace.latent_hw
     pairs = [
         (key, h)
         for key in rec.sums
@@ -165,7 +165,7 @@ def propagation(train: Sequence[Scene], base: Aggregator) -> Rung:
     method, value = tuned(train, current)
     knobs = (
         ("self_layers", layers),
-        ("self_steps", list(SELF_STEPS)),
+        ("self_window", list(SELF_STEPS)),
         ("gate", list(GATES)),
         ("propagate", list(PASSES)),
     )
@@ -177,7 +177,7 @@ def propagation(train: Sequence[Scene], base: Aggregator) -> Rung:
             if v > value:
                 method, value = m, v
         current = method
-    steps = f"{method.self_steps[0]:g}-{method.self_steps[1]:g}"
+    steps = f"{method.self_window[0]:g}-{method.self_window[1]:g}"
     chose = f"{method.propagate} pass, {_short(method.self_layers)}, steps {steps}, gate {method.gate:g}"
     return Rung("+ self-attention propagation", method, chose=chose, train=value)
 
@@ -217,7 +217,7 @@ def ladder_rungs(train: Sequence[Scene], progress: bool = True) -> tuple[list[Ru
             [(_short(x) if x not in ("daam", "all") else x, current.with_(layers=x)) for x in LAYER_CHOICES],
         )
     )
-    window = [(f"steps {a:g}-{b:g}", current.with_(steps=(a, b))) for a, b in STEP_CHOICES]
+    window = [(f"steps {a:g}-{b:g}", current.with_(window=(a, b))) for a, b in STEP_CHOICES]
     climb(choose(train, "+ timestep window", window))
     ranked = rank_heads(train, current)
     heads = []

@@ -8,10 +8,14 @@
 
 `sdviz.trace`, `sdviz.load_trace` and `sdviz.hook_names` are these functions, re-exported by the package.
 
-    layout.py    shapes from a meta-device run; the memory estimate a trace checks before it starts
+    layout.py    what a trace will record, and the memory estimate it checks before it starts
     records.py   the records (attention, group norm, time embedding, latents) and their query methods
-    tracing.py   the Trace context manager (a pipeline observer) and saving/loading
-    preview.py   the fitted latent -> RGB map, time embeddings for any t
+    tracing.py   the Trace context manager (a pipeline observer and hook listeners)
+    files.py     a trace as one file: saving and loading
+    methods.py   the word-map recipes: "sdviz", "daam", "best", your own `Aggregator`
+    aggregate.py the one reduction from attention records to word maps (every figure and widget uses it)
+    preview.py   the latent -> RGB preview map, time embeddings for any t
+    export.py    one self-contained web page per trace (`tr.to_html`, `sdviz export`)
 """
 
 from sdviz.hooks import HookNameError, hook_names, hook_points, hooks, select

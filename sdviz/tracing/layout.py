@@ -1,9 +1,9 @@
 """What a trace will record, and how many bytes it will take, worked out from shapes alone.
 
-`unet_layout` runs the UNet of a configuration once on PyTorch's *meta* device: tensors there have shapes but no
-storage and no arithmetic, so even SD 1.5 at 512x512 "runs" in a fraction of a second with no weights and no
-memory. The shared shape probe (`sdviz.shapes`) notes the shape at every hook point, the pixel grid of every attention
-layer and the groups of every GroupNorm, in the order the forward pass meets them.
+The layer layout (`sdviz.shapes.unet_layout`) runs the UNet of a configuration once on PyTorch's *meta* device:
+tensors there have shapes but no storage and no arithmetic, so even SD 1.5 at 512x512 "runs" in a fraction of a
+second with no weights and no memory. It notes the shape at every hook point, the pixel grid of every attention layer
+and the groups of every GroupNorm, in the order the forward pass meets them.
 
 `estimate` turns a layout and a recording plan (which records, which layers, which steps, what to keep) into bytes,
 record by record. A trace computes the same estimate before the first denoising step and refuses to start when it
@@ -15,17 +15,14 @@ minutes with an out-of-memory error.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from sdviz.config import SDConfig, UNetConfig
-from sdviz.hooks import Filter, HookNameError, close_names, select
+from sdviz.config import SDConfig
+from sdviz.hooks import Filter, select_layers
 from sdviz.models.attention import probs_chunk
-from sdviz.shapes import probe
+from sdviz.shapes import AttentionLayer, NormLayer, UNetLayout, unet_layout  # noqa: F401  (re-exported)
 
 KINDS = ("cross_attention", "self_attention", "groupnorm", "time_embedding", "latents")
 DEFAULT_RECORD = ("cross_attention", "groupnorm", "time_embedding", "latents")
@@ -34,75 +31,6 @@ KEEP_AXES = ("step", "layer", "head")  # what an attention record can keep inste
 DEFAULT_BUDGET = 512 * 2**20  # bytes: a trace that would hold more refuses to start (raise it with max_bytes=)
 
 FLOAT = 4  # bytes per float32
-
-
-@dataclass(frozen=True)
-class AttentionLayer:
-    """One attention layer of the UNet: its probabilities are (B, heads, n, m), n = h * w pixels."""
-
-    name: str  # the hook point, e.g. unet.mid_block.attentions.0.transformer_blocks.0.attn2.hook_probs
-    kind: str  # "cross_attention" or "self_attention"
-    heads: int
-    n: int  # query positions (pixels)
-    m: int  # key positions (tokens for cross-attention, pixels for self-attention)
-    hw: tuple[int, int]  # the pixel grid of the queries
-    channels: int = 0  # heads x head width (the values a trace keeps with per-(layer, head) maps are (m, channels))
-
-    @property
-    def resolution(self) -> str:
-        return f"{self.hw[0]}x{self.hw[1]}"
-
-
-@dataclass(frozen=True)
-class NormLayer:
-    """One GroupNorm of the UNet: its input is (B, channels, h, w), normalised in `groups` groups."""
-
-    name: str  # the module path, e.g. unet.down_blocks.0.resnets.0.norm1 (hook points: .hook_in, .hook_out)
-    groups: int
-    channels: int
-    hw: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class UNetLayout:
-    """The shapes a UNet sees for one image of a given latent size (see `unet_layout`)."""
-
-    latent: tuple[int, int, int]  # (C, h, w)
-    hooks: dict[str, tuple[int, ...]]  # every UNet hook point -> its shape for a batch of 1, in forward order
-    attention: dict[str, AttentionLayer]  # by hook name, in forward order
-    groupnorm: dict[str, NormLayer]  # by module path, in forward order
-    time_dims: tuple[int, int]  # (sinusoid width, MLP output width): (320, 1280) for SD 1.5
-
-    def layers(self, kind: str) -> list[str]:
-        """The layer names a record of this kind can watch."""
-        if kind == "groupnorm":
-            return list(self.groupnorm)
-        return [name for name, a in self.attention.items() if a.kind == kind]
-
-
-@functools.lru_cache(maxsize=16)
-def unet_layout(cfg: UNetConfig, latent_hw: tuple[int, int], context_length: int = 77) -> UNetLayout:
-    """Run a UNet of configuration `cfg` on the meta device for one latent of size `latent_hw` and note its shapes
-    (with the shared shape probe, `sdviz.shapes.probe`).
-
-    Cross- and self-attention are told apart by what the forward pass does (a context is passed or not), not by
-    names, and the pixel grid of an attention layer is the (h, w) of the feature map its spatial transformer folds
-    into a sequence.
-    """
-    x = torch.empty(1, cfg.in_channels, *latent_hw, device="meta")
-    context = torch.empty(1, context_length, cfg.context_dim, device="meta")
-    p = probe(cfg, x, 999, context)
-    attention = {
-        n: AttentionLayer(n, a.kind, a.heads, a.n, a.m, a.hw, p.calls[n.removesuffix(".hook_probs")][-1].inputs[0][-1])
-        for n, a in p.attention.items()
-    }
-    return UNetLayout(
-        latent=(cfg.in_channels, *latent_hw),
-        hooks=dict(p.hooks),
-        attention=attention,
-        groupnorm={n: NormLayer(n, g.groups, g.channels, g.hw) for n, g in p.groupnorm.items()},
-        time_dims=(p.hooks["unet.hook_time_sinusoid"][-1], p.hooks["unet.hook_time_embedding"][-1]),
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -144,26 +72,10 @@ def check_keep(keep: Iterable[str] | str | None) -> frozenset[str]:
 
 
 def choose_layers(candidates: list[str], all_names: list[str], filter: Filter, kind: str) -> list[str]:
-    """The layers of one record kind that a `layers=` filter selects.
-
-    The filter is checked against every hook point first (a typo raises, with close names); then it must select at
-    least one layer of this kind. Layers are named by their hook points: a GroupNorm layer is selected when the
-    filter selects its `.hook_in` or `.hook_out`, or names its module path.
-    """
-    if filter is None:
-        return list(candidates)
-    picked = set(select(all_names, filter, what="hook point"))
-    if kind == "groupnorm":
-        chosen = [c for c in candidates if f"{c}.hook_in" in picked or f"{c}.hook_out" in picked]
-    else:
-        chosen = [c for c in candidates if c in picked]
-    if not chosen:
-        example = close_names(filter if isinstance(filter, str) else str(filter), candidates, n=4)
-        raise HookNameError(
-            f"layers={filter!r} selects no {kind.replace('_', '-')} layer; such layers are e.g. {', '.join(example)}. "
-            f"To choose layers per record, pass layers={{'{kind}': ..., ...}}."
-        )
-    return chosen
+    """The layers of one record kind (`candidates`: `sdviz.shapes.layers(config, kind)`) that a `layers=` filter
+    selects (all of them for None); see `sdviz.hooks.select_layers` for the checks."""
+    hint = f"To choose layers per record, pass layers={{'{kind}': ..., ...}}."
+    return select_layers(candidates, all_names, filter, kind.replace("_", "-") + " layer", hint)
 
 
 def resolve_steps(steps: Any, timesteps: list[int]) -> list[int]:

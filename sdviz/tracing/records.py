@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from sdviz.tracing.layout import AttentionLayer, NormLayer
+from sdviz.shapes import AttentionLayer, NormLayer
 
 
-def _step_list(steps: Any, num_steps: int) -> list[int]:
+def step_list(steps: Any, num_steps: int) -> list[int]:
     """An int, a slice, or a list of step indices (negative ones count from the end) -> non-negative indices."""
     if isinstance(steps, int):
         items = [steps]
@@ -40,14 +39,14 @@ def _slots(recorded: list[int], num_steps: int, steps: Any, what: str) -> list[i
     if steps is None:
         return list(range(len(recorded)))
     out = []
-    for s in _step_list(steps, num_steps):
+    for s in step_list(steps, num_steps):
         if s not in recorded:
-            raise KeyError(f"{what}: step {s} was not recorded; recorded steps: {_ranges(recorded)}")
+            raise KeyError(f"{what}: step {s} was not recorded; recorded steps: {ranges(recorded)}")
         out.append(recorded.index(s))
     return out
 
 
-def _ranges(xs: Sequence[int]) -> str:
+def ranges(xs: Sequence[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'"""
     out, i = [], 0
     xs = list(xs)
@@ -160,7 +159,8 @@ class AttentionRecord:
         """The pixel grids recorded, finest first."""
         return sorted(set(self.grid.values()), key=lambda hw: -hw[0] * hw[1])
 
-    def _keys(self, layers: Any, resolution: Any) -> list[str]:
+    def keys(self, layers: Any = None, resolution: Any = None) -> list[str]:
+        """The record's keys (resolutions, or layers with keep=["layer"]) that `layers=` and `resolution=` choose."""
         keys = list(self.sums)
         if resolution is not None:
             wanted = [resolution] if isinstance(resolution, (int, tuple)) else list(resolution)
@@ -184,9 +184,9 @@ class AttentionRecord:
         """(sum over the chosen steps and heads (n, m), number of single-head maps in it)."""
         sums, counts = self.sums[key][:, image], self.counts[key][:, image]  # (S, H, n, m), (S,)
         if steps is not None:
-            if "step" not in self.keep and sorted(set(_step_list(steps, self.num_steps))) != self.steps:
+            if "step" not in self.keep and sorted(set(step_list(steps, self.num_steps))) != self.steps:
                 raise KeyError(
-                    f"{self.kind} was summed over steps {_ranges(self.steps)} during the run; "
+                    f"{self.kind} was summed over steps {ranges(self.steps)} during the run; "
                     "trace with keep=['step'] to ask about single steps"
                 )
             if "step" in self.keep:
@@ -208,7 +208,7 @@ class AttentionRecord:
         over the chosen steps, layers and heads. Each query pixel's distribution over the m keys sums to 1.
         """
         total: dict[tuple[int, int], list] = {}
-        for key in self._keys(layers, resolution):
+        for key in self.keys(layers, resolution):
             s, c = self._select(key, image, steps, heads)
             if c == 0:
                 continue
@@ -218,30 +218,6 @@ class AttentionRecord:
         for hw, (s, c) in total.items():
             out[hw] = (s / c).T.reshape(-1, *hw).cpu()  # (n, m) -> (m, n) -> (m, h, w)
         return dict(sorted(out.items(), key=lambda kv: -kv[0][0] * kv[0][1]))
-
-    def combined(
-        self,
-        size: tuple[int, int],
-        image: int = 0,
-        steps: Any = None,
-        layers: Any = None,
-        resolution: Any = None,
-        heads: Any = None,
-    ) -> Tensor:
-        """All chosen maps upsampled (bilinearly) to `size` and averaged, each resolution weighted by the number of
-        head maps it holds (DAAM sums every layer and head alike): (m, *size)."""
-        total, weight = None, 0.0
-        for key in self._keys(layers, resolution):
-            s, c = self._select(key, image, steps, heads)
-            if c == 0:
-                continue
-            hw = self.grid[key]
-            up = F.interpolate(s.float().T.reshape(1, -1, *hw), size=size, mode="bilinear", align_corners=False)[0]
-            total = up if total is None else total + up
-            weight += c
-        if total is None:
-            raise KeyError(f"nothing of {self.kind} was recorded for this choice")
-        return (total / weight).cpu()
 
     # -- saving ----------------------------------------------------------------------------------------------------
 
@@ -274,7 +250,7 @@ class AttentionRecord:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.kind}, {len(self.layers)} layers, resolutions {self.resolutions}, "
-            f"steps {_ranges(self.steps)}, kept: {', '.join(sorted(self.keep)) or 'nothing'}, "
+            f"steps {ranges(self.steps)}, kept: {', '.join(sorted(self.keep)) or 'nothing'}, "
             f"{self.nbytes() / 1e6:.2f} MB)"
         )
 
@@ -413,7 +389,7 @@ class GroupNormRecord:
         return rec
 
     def __repr__(self) -> str:
-        return f"GroupNormRecord({len(self.layers)} layers, steps {_ranges(self.steps)}, {self.nbytes() / 1e6:.2f} MB)"
+        return f"GroupNormRecord({len(self.layers)} layers, steps {ranges(self.steps)}, {self.nbytes() / 1e6:.2f} MB)"
 
 
 def _stat(stat: str) -> str:

@@ -10,10 +10,13 @@
     tr.latents.preview("x0")                          # what the model thought the clean image was, at every step
     tr.save("trace.pt"); tr2 = sdviz.load_trace("trace.pt")
 
-How it works. Entering the block attaches forward hooks to the hook points the records need, and adds the trace to
-the pipeline's observers; the pipeline tells its observers when a generation starts, when each step starts, which
-batch rows each UNet call holds, and what each step computed. Leaving the block removes every hook and the observer,
-in a `finally`, so nothing is left behind even when the generation raises.
+How it works. Entering the block attaches listeners to the hook points the records need, and adds the trace to
+the pipeline's observers, both under a scope of the running thread or task (`sdviz.events.Scope`); the pipeline
+tells its observers when a generation starts and what each step computed, and announces every UNet call
+(`sdviz.events.current_call()`: its step, its images and which of its rows are conditional), which the listeners
+read. Leaving the block removes every listener and the observer, in a `finally`, so nothing is left behind even when
+the generation raises. A trace records only the generations started inside its own `with` block, in its own thread
+or task: another thread's generation on the same pipeline is never mixed in.
 
 What it guarantees:
 
@@ -41,10 +44,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from sdviz.hooks import Filter, HookCall, hook_points, module_name
+from sdviz import shapes
+from sdviz.events import Scope, UNetCall, current_call
+from sdviz.hooks import Filter, HookCall, hook_points
+from sdviz.tokenizer import Encoding
+from sdviz.tracing import aggregate, files
 from sdviz.tracing.layout import (
     DEFAULT_BUDGET,
-    KINDS,
     LAYERED,
     MemoryEstimate,
     check_keep,
@@ -53,7 +59,6 @@ from sdviz.tracing.layout import (
     per_kind,
     plan_bytes,
     resolve_steps,
-    unet_layout,
 )
 from sdviz.tracing.preview import latent_rgb_map
 from sdviz.tracing.records import (
@@ -65,10 +70,9 @@ from sdviz.tracing.records import (
 )
 
 if TYPE_CHECKING:
-    from sdviz.pipeline import GenerationInfo, GenerationResult, StableDiffusion, StepInfo
+    from sdviz.events import GenerationInfo, GenerationResult, StepInfo
+    from sdviz.pipeline import StableDiffusion
 
-FORMAT = "sdviz-trace"
-VERSION = 1
 
 
 class TraceBudgetError(MemoryError):
@@ -123,30 +127,15 @@ class Trace:
         self.images_u8: Tensor | None = None
         self._handles: list[Any] = []
         self._attached = False
-        self._unet_calls: list[slice] = []
+        self._scope: Scope | None = None
+        self._run: GenerationInfo | None = None  # the generation being recorded (its UNet calls carry it)
         self._recorded_set: set[int] = set()
-        self._reset_run_state()
-        if pipe is not None:
-            self._choose_layers()
-
-    # -- choosing what to watch (before the run, so that a bad filter fails at once) -------------------------------
-
-    def _choose_layers(self) -> None:
-        from sdviz.models.common import GroupNorm
-        from sdviz.models.unet import TransformerBlock
-
-        names = list(hook_points(self.pipe))
-        candidates: dict[str, list[str]] = {"cross_attention": [], "self_attention": [], "groupnorm": []}
-        for path, m in self.pipe.unet.named_modules():
-            path = module_name("unet", path)  # the same name whether the UNet is compiled or not
-            if isinstance(m, TransformerBlock):
-                candidates["self_attention"].append(f"{path}.attn1.hook_probs")
-                candidates["cross_attention"].append(f"{path}.attn2.hook_probs")
-            elif isinstance(m, GroupNorm):
-                candidates["groupnorm"].append(path)
-        for kind in LAYERED:
-            if kind in self.record:
-                self.layers[kind] = choose_layers(candidates[kind], names, self._layer_filters[kind], kind)
+        if pipe is not None:  # choose the layers now, so that a bad filter fails at once
+            names = list(hook_points(pipe))
+            for kind in LAYERED:
+                if kind in self.record:
+                    candidates = shapes.layers(pipe.config, kind)
+                    self.layers[kind] = choose_layers(candidates, names, self._layer_filters[kind], kind)
 
     # -- attaching and detaching -------------------------------------------------------------------------------------
 
@@ -156,9 +145,9 @@ class Trace:
         if self._attached:
             raise RuntimeError("this trace is already active; a trace records one `with` block")
         points = hook_points(self.pipe)
+        self._scope = Scope()
+        self._scope.open()
         try:
-            # every UNet call starts with its time embedding: count the calls there (first, so the others know)
-            self._listen(points["unet.hook_time_sinusoid"], self._on_unet_call, rows=None)
             for kind in ("cross_attention", "self_attention"):
                 for name in self.layers.get(kind, []):
                     self._listen(points[name], partial(self._on_probs, kind, name))
@@ -171,7 +160,7 @@ class Trace:
             if "time_embedding" in self.record:
                 self._listen(points["unet.hook_time_sinusoid"], partial(self._on_time, 0), rows=slice(0, 1))
                 self._listen(points["unet.hook_time_embedding"], partial(self._on_time, 1), rows=slice(0, 1))
-            self.pipe.observers.append(self)
+            self.pipe.add_observer(self, self._scope)
             self._attached = True
         except BaseException:
             self._detach()
@@ -183,44 +172,46 @@ class Trace:
         return False
 
     def _listen(self, point: Any, fn: Any, rows: Any = "recorded") -> None:
-        """Listen at a hook point; by default to the rows `_recorded_rows` chooses. Listeners only read."""
-        self._handles.append(point.listen(fn, rows=self._recorded_rows if rows == "recorded" else rows))
+        """Listen at a hook point, in this trace's scope; by default to the rows `_recorded_rows` chooses. Listeners
+        only read."""
+        rows = self._recorded_rows if rows == "recorded" else rows
+        self._handles.append(point.listen(fn, rows=rows, scope=self._scope))
 
     def _detach(self) -> None:
         """Remove every listener and the observer; safe to call twice."""
         try:
             for h in self._handles:
                 h.remove()
-            self.pipe.observers[:] = [o for o in self.pipe.observers if o is not self]
+            self.pipe.remove_observer(self)
         finally:
+            if self._scope is not None:
+                self._scope.close()
             self._handles = []
             self._attached = False
-            self._reset_run_state()
+            self._run = None
             for rec in self.records.values():
                 rec.to("cpu")
 
-    def _reset_run_state(self) -> None:
-        self._calls = 0  # UNet calls seen in this generation
-        self._step: int | None = None  # the step index running now
-        self._images = slice(0, 0)  # the images (batch rows of the generation) the running UNet call holds
-        self._recording = False  # is the running step one this trace records?
+    def _call(self) -> UNetCall | None:
+        """The UNet call running now, if it belongs to the generation this trace records."""
+        call = current_call()
+        return call if call is not None and call.info is self._run else None
 
     def _recorded_rows(self, batch: int) -> slice:
         """The rows of a UNet batch the layered records want: the conditional half of a guided batch [uncond; cond]
         (all of an unguided one), and none at all on steps this trace does not record (so no probability is
         computed for them, unless another listener asks)."""
-        if not self._recording:
+        call = self._call()
+        if call is None or call.step not in self._recorded_set:
             return slice(0, 0)
-        return slice(batch // 2, batch) if self.info["cfg_scale"] > 1.0 else slice(0, batch)
+        return call.cond_rows
 
     # -- the observer protocol (see sdviz.pipeline.Observer) -------------------------------------------------------
 
     def on_start(self, pipe: StableDiffusion, info: GenerationInfo) -> None:
         """A generation starts: plan, estimate, refuse if over budget, allocate."""
         b, timesteps = len(info.prompts), list(info.timesteps)
-        factor = pipe.config.vae.downsampling_factor
-        latent_hw = (info.height // factor, info.width // factor)
-        layout = unet_layout(pipe.unet.config, latent_hw, pipe.config.clip.max_length)
+        layout = shapes.unet_layout(pipe.unet.config, info.latent_hw, pipe.config.clip.max_length)
         recorded = resolve_steps(self.steps_filter, timesteps)
         guided = info.cfg_scale > 1.0
         self.estimate = plan_bytes(
@@ -248,6 +239,7 @@ class Trace:
             "negative_prompts": list(info.negative_prompts),
             "height": info.height,
             "width": info.width,
+            "latent_hw": list(info.latent_hw),
             "timesteps": timesteps,
             "cfg_scale": float(info.cfg_scale),
             "sampler": info.sampler,
@@ -272,8 +264,7 @@ class Trace:
             decode_hw = (info.height, info.width) if self.decode else None
             rgb = latent_rgb_map(pipe)
             self.records["latents"] = LatentsRecord(timesteps, b, layout.latent, guided, rgb, decode_hw)
-        self._reset_run_state()
-        self._unet_calls = list(info.unet_calls)
+        self._run = info
         self._recorded_set = set(recorded)
         self.images_u8 = None
 
@@ -293,7 +284,7 @@ class Trace:
                 rec.decoded[step.index] = ((x + 1) * 127.5).round().to(torch.uint8).cpu()
 
     def on_end(self, pipe: StableDiffusion, result: GenerationResult) -> None:
-        self._recording = False
+        self._run = None
         if "latents" in self.records:
             self.records["latents"].final.copy_(result.latents)
         self.images_u8 = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in result.images])
@@ -302,28 +293,30 @@ class Trace:
 
     # -- the listeners -----------------------------------------------------------------------------------------------
 
-    def _on_unet_call(self, x: Tensor, call: HookCall) -> None:
-        """The k-th UNet call of the generation is call k % n of step k // n (n calls per step, `unet_calls`)."""
-        if self.info is None or not self._unet_calls:
-            return
-        n = len(self._unet_calls)
-        self._step, self._images = self._calls // n, self._unet_calls[self._calls % n]
-        self._recording = self._step in self._recorded_set
-        self._calls += 1
+    def _images(self, call: UNetCall, hook: HookCall) -> slice:
+        """The images (batch rows of the generation) of the UNet rows a listener was handed."""
+        return slice(call.image_of(hook.rows.start), call.image_of(hook.rows.stop - 1) + 1)
 
-    def _on_probs(self, kind: str, name: str, probs: Tensor, call: HookCall) -> None:
-        self.records[kind].add(name, self._step, self._images, probs, call.queries)
+    def _on_probs(self, kind: str, name: str, probs: Tensor, hook: HookCall) -> None:
+        call = self._call()
+        if call is not None:
+            self.records[kind].add(name, call.step, self._images(call, hook), probs, hook.queries)
 
-    def _on_values(self, name: str, v: Tensor, call: HookCall) -> None:
-        self.records["cross_attention"].add_values(name, self._images, v)
+    def _on_values(self, name: str, v: Tensor, hook: HookCall) -> None:
+        call = self._call()
+        if call is not None:
+            self.records["cross_attention"].add_values(name, self._images(call, hook), v)
 
-    def _on_norm(self, layer: int, which: int, x: Tensor, call: HookCall) -> None:
-        self.records["groupnorm"].add(layer, which, self._step, self._images, x)
+    def _on_norm(self, layer: int, which: int, x: Tensor, hook: HookCall) -> None:
+        call = self._call()
+        if call is not None:
+            self.records["groupnorm"].add(layer, which, call.step, self._images(call, hook), x)
 
-    def _on_time(self, which: int, x: Tensor, call: HookCall) -> None:
-        if self._step is not None and (self._calls - 1) % len(self._unet_calls) == 0:
+    def _on_time(self, which: int, x: Tensor, hook: HookCall) -> None:
+        call = self._call()
+        if call is not None and call.index == 0:
             # every row holds the same t, and every UNet call of a step the same embedding: keep the step's first
-            self.records["time_embedding"].add(which, self._step, x)
+            self.records["time_embedding"].add(which, call.step, x)
 
     # -- asking ------------------------------------------------------------------------------------------------------
 
@@ -396,22 +389,58 @@ class Trace:
             raise RuntimeError("the generation did not finish: no pictures")
         return [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in self.images_u8]
 
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        """The latent grid (h, w) of the generation: the picture's size over the VAE's downsampling factor."""
+        info = self._info()
+        if "latent_hw" in info:
+            return tuple(info["latent_hw"])
+        factor = 2 ** (len(info["config"]["vae"]["channel_mult"]) - 1)  # a trace saved before latent_hw was kept
+        return info["height"] // factor, info["width"] // factor
+
+    def encoding(self, image: int = 0) -> Encoding:
+        """The tokenised prompt of one image (`sdviz.tokenizer.Encoding`: tokens, words, which word each came from)."""
+        self._info()
+        return Encoding(**self.encodings[image])
+
     def word_positions(self, word: str | int, image: int = 0) -> list[int]:
         """The token positions (0..76) of a prompt word: its sub-tokens, for every occurrence of the word; or, for
-        an int, of the word with that index in `words`."""
-        self._info()
-        e = self.encodings[image]
-        words = e["words"]
-        if isinstance(word, int):
-            if not 0 <= word < len(words):
-                raise IndexError(f"word index {word} out of range: the prompt has {len(words)} words {words}")
-            indices = [word]
-        else:
-            w = word.lower().strip()
-            indices = [i for i, x in enumerate(words) if x == w or x.strip(".,;:!?\"'()") == w]
-            if not indices:
-                raise KeyError(f"{word!r} is not a word of the prompt {self.prompts[image]!r}; its words: {words}")
-        return [p for p, wi in enumerate(e["word_index"]) if wi in indices]
+        an int, of the word with that index in `words` (`sdviz.tokenizer.Encoding.positions`)."""
+        return self.encoding(image).positions(word)
+
+    def position_maps(
+        self,
+        groups: Iterable[Iterable[int]],
+        image: int = 0,
+        size: tuple[int, int] | None = None,
+        method: Any = None,
+        **select: Any,
+    ) -> Tensor:
+        """The mean map of each group of token positions (lists of 0..76), computing only those positions:
+        (len(groups), H, W). `method` and `select` as in `token_maps`. What the widgets ask for."""
+        return self._maps(image, size, method, groups=[list(g) for g in groups], **select)
+
+    def _maps(
+        self, image: int, size: Any, method: Any, words: Any = None, groups: Any = None, **select: Any
+    ) -> Tensor:
+        """`sdviz.tracing.aggregate.token_maps` on this trace's records (the one reduction to word maps); `words`
+        (each a word or a word index) become groups of token positions under the method's rule."""
+        agg = aggregate.get(method)
+        encoding = self.encoding(image)
+        if words is not None:
+            groups = [aggregate.positions(encoding, w, agg) for w in words]
+        return aggregate.token_maps(
+            self.cross_attention,
+            encoding,
+            tuple(size or self.image_size),
+            self.latent_hw,
+            image=image,
+            method=agg,
+            self_attention=self.records.get("self_attention"),
+            model=self.info["config"].get("name"),
+            groups=groups,
+            **select,
+        )
 
     def token_maps(
         self, image: int = 0, size: tuple[int, int] | None = None, method: Any = None, **select: Any
@@ -419,18 +448,16 @@ class Trace:
         """Cross-attention map of every token position, upsampled to the image size: (77, H, W).
 
         `method` is the aggregator: "sdviz" (the default: every layer, summed per resolution, bilinear, averaged),
-        "daam" (DAAM 0.2.0 exactly; needs keep=["layer", "head"]), "best" (the best on the toy world's ground truth,
-        for the toy model only; needs `sdviz.trace(pipe, **aggregate.BEST.needs())`) or an
+        "daam" (DAAM 0.2.0's computation; needs keep=["layer", "head"]), "best" (the best on the toy world's ground
+        truth, for the toy model only; needs `sdviz.trace(pipe, **aggregate.BEST.needs())`) or an
         `sdviz.tracing.aggregate.Aggregator`. "sdviz" differs from DAAM in five ways: it reads the mid block too,
         sums per resolution and upsamples bilinearly (DAAM: each (layer, head) bicubically, clamped at 0), averages
         over steps (DAAM sums), finds a word's tokens by word (DAAM by token matching) and streams sums (DAAM keeps
         every head); the module `sdviz.tracing.aggregate` details each and why the default stays "sdviz".
-        `select` narrows what is averaged: steps=, resolution= (e.g. 16 or (16, 16)), layers= (with keep=["layer"]),
-        heads= (with keep=["head"]).
+        `select` narrows what is averaged: steps= (step indices), resolution= (e.g. 16 or (16, 16)), layers= (with
+        keep=["layer"]), heads= (with keep=["head"]).
         """
-        from sdviz.tracing import aggregate
-
-        return aggregate.token_maps(self, image, size, method, **select)
+        return self._maps(image, size, method, **select)
 
     def word_map(
         self, word: str | int, image: int = 0, size: tuple[int, int] | None = None, method: Any = None, **select: Any
@@ -442,10 +469,7 @@ class Trace:
         everywhere); normalise for display (`plots` does). `method` and `select` as in `token_maps`; with
         method="daam", a word's tokens are found as DAAM finds them (every match of its token sequence).
         """
-        from sdviz.tracing import aggregate
-
-        agg = aggregate.get(method)
-        return self.token_maps(image, size, agg, **select)[aggregate.positions(self, word, image, agg)].mean(0)
+        return self._maps(image, size, method, words=[word], **select)[0]
 
     def word_maps(
         self,
@@ -456,13 +480,9 @@ class Trace:
         **select: Any,
     ) -> dict[str, Tensor]:
         """`word_map` for several words (default every word of the prompt), in one pass: {word: (H, W)}."""
-        from sdviz.tracing import aggregate
-
-        self._info()
-        agg = aggregate.get(method)
-        words = list(dict.fromkeys(self.encodings[image]["words"])) if words is None else list(words)
-        maps = self.token_maps(image, size, agg, **select)
-        return {w: maps[aggregate.positions(self, w, image, agg)].mean(0) for w in words}
+        words = list(dict.fromkeys(self.encoding(image).words)) if words is None else list(words)
+        maps = self._maps(image, size, method, words=words, **select)
+        return dict(zip(words, maps, strict=True))
 
     def nbytes(self) -> int:
         """Bytes the records hold now."""
@@ -476,62 +496,26 @@ class Trace:
         lines += [f"  {rec!r}" for rec in self.records.values()]
         return "\n".join(lines)
 
-    # -- saving and loading --------------------------------------------------------------------------------------
+    # -- saving and loading (the file format: sdviz.tracing.files) -------------------------------------------------
 
     def state_dict(self) -> dict:
         self._info()
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "info": self.info,
-            "encodings": self.encodings,
-            "images": self.images_u8,
-            "keep": {k: sorted(v) for k, v in self.keep.items()},
-            "layers": self.layers,
-            "records": {k: r.state_dict() for k, r in self.records.items()},
-        }
+        return files.state_dict(self)
 
     def save(self, path: str | Path) -> Path:
         """Write the trace to one file (torch's zip format; plain tensors, lists and numbers only)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), path)
-        return path
+        return files.save(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
         """A trace saved by `save`, with every query method and plot, and no pipeline."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch's reader: zip errors, EOFError, unpickling errors, KeyError ...
-            raise ValueError(f"{path} is not (or no longer) an sdviz trace: unreadable ({_first_line(e)})") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an sdviz trace (it holds no sdviz trace format marker)")
-        if not isinstance(d.get("version"), int) or d["version"] > VERSION:
-            raise ValueError(f"{path} is an sdviz trace of format {d.get('version')}; this sdviz reads up to {VERSION}")
-        loaders = {
-            "cross_attention": AttentionRecord,
-            "self_attention": SelfAttentionRecord,
-            "groupnorm": GroupNormRecord,
-            "time_embedding": TimeEmbeddingRecord,
-            "latents": LatentsRecord,
-        }
+        d = files.read(path)
         try:
             tr = cls(None, record=d["info"]["record"])
-            tr.info, tr.encodings, tr.images_u8, tr.layers = d["info"], d["encodings"], d["images"], d["layers"]
-            tr.keep = {k: frozenset(v) for k, v in d["keep"].items()}
-            tr.records = {k: loaders[k].from_state_dict(v) for k, v in d["records"].items() if k in KINDS}
+            files.fill(tr, d)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"{path} is an sdviz trace, but damaged: {_first_line(e)}") from None
+            raise ValueError(f"{path} is an sdviz trace, but damaged: {files.first_line(e)}") from None
         return tr
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def trace(

@@ -45,6 +45,7 @@ class Seen:
     keyboard_steps: list[int] = field(default_factory=list)  # after ArrowRight, ArrowLeft, End, Home
     space_playing: tuple[bool, bool] = (False, False)
     entry: str = ""
+    attention_caption: str = ""  # the player's panel of the explorer's word at the player's step
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # "whole" / "window" / "layer-head" -> (64, 64)
     layer: str = ""
     pixel: tuple[int, int] = (-1, -1)
@@ -105,6 +106,7 @@ def _scenario(page, seen: Seen, tr) -> None:
     # the explorer: a word, a step window, a layer and a head, then back to all layers and heads, and a pixel
     page.click("button[data-entry='square']")
     seen.entry = state()["entry"]
+    seen.attention_caption = page.inner_text("#attention-caption")
     seen.maps["whole"] = np.array(page.evaluate("sdvizPage.maps(['square'])[0]")).reshape(64, 64)
     page.evaluate("""() => { for (const [id, v] of [["from", 3], ["to", 7]]) {
         const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event("input")); } }""")
@@ -187,6 +189,7 @@ def test_the_keyboard_steps_and_plays(seen):
 
 def test_the_explorers_maps_are_word_map(seen, traced):
     assert seen.entry == "square"
+    assert seen.attention_caption == 'attention of "square" at this step'
     want = {
         "whole": traced.word_map("square"),
         "window": traced.word_map("square", steps=[3, 4, 5, 6, 7]),

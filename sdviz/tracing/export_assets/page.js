@@ -196,8 +196,10 @@
       `  (eps and guidance: grey = 0, full colour at ±${P.scales.eps}` +
       (P.scales.guidance !== undefined ? ` / ±${P.scales.guidance})` : ")");
     player.chart.draw(player.schedule.getContext("2d"), s.t);
+    if (player.attention) stepAttention(i);
     // read one pixel of every canvas back, so that the drawing is done (not deferred) when the time is taken
-    for (const c of [...Object.values(player.canvases), player.schedule]) c.getContext("2d").getImageData(0, 0, 1, 1);
+    for (const c of [...Object.values(player.canvases), player.schedule, player.attention])
+      if (c) c.getContext("2d").getImageData(0, 0, 1, 1);
     frameTimes.push(performance.now() - t0);
   }
 
@@ -268,6 +270,11 @@
         const k = Math.max(1, Math.ceil(384 / Math.max(D.size[0], D.size[1])));
         $("map").width = D.size[1] * k;
         $("map").height = D.size[0] * k;
+        if (player.attention) {
+          const f = Math.max(1, Math.floor(192 / Math.max(D.size[0], D.size[1])));
+          player.attention.width = D.size[1] * f;
+          player.attention.height = D.size[0] * f;
+        }
       })
     );
     for (const id of ["from", "to", "where", "head", "alpha"]) $(id).addEventListener("input", onControl);
@@ -288,6 +295,13 @@
       ex.pixel = [y, x];
       redraw();
     });
+    if (D.player && A.per_step) {
+      const fig = el("figure", { class: "panel-attention" });
+      fig.append(el("figcaption", { id: "attention-caption" }, ""));
+      player.attention = el("canvas", { "data-panel": "attention", width: 192, height: 192 });
+      fig.append(player.attention);
+      $("frames").insertBefore(fig, player.schedule.parentNode);
+    }
     const bar = $("bar").getContext("2d");
     for (let i = 0; i < 256; i++) {
       bar.fillStyle = `rgb(${LUT[3 * i]},${LUT[3 * i + 1]},${LUT[3 * i + 2]})`;
@@ -396,20 +410,8 @@
     return ex.maps;
   }
 
-  function redraw() {
-    if (!A || !ex.picture) return;
-    const t0 = performance.now();
-    let maps;
-    try {
-      maps = currentMaps();
-    } catch (err) {
-      $("map-caption").textContent = err.message;
-      return;
-    }
-    const m = maps.get(ex.entry);
-    const shared = document.querySelector("input[name=scale]:checked").value === "shared";
-    let lo = Infinity, hi = -Infinity;
-    for (const x of shared ? maps.values() : [m]) for (let i = 0; i < x.length; i++) { lo = Math.min(lo, x[i]); hi = Math.max(hi, x[i]); }
+  // A map over the picture: the picture (blocky), the map through the colour map (smooth) at opacity `alpha`.
+  function overlay(ctx, m, lo, hi, alpha) {
     const [G0, G1] = A.grid;
     const heat = el("canvas", { width: G1, height: G0 });
     const hctx = heat.getContext("2d");
@@ -423,14 +425,54 @@
       img.data[4 * i + 3] = 255;
     }
     hctx.putImageData(img, 0, 0);
-    const canvas = $("map"), ctx = canvas.getContext("2d");
+    const { width, height } = ctx.canvas;
     ctx.imageSmoothingEnabled = false;
     ctx.globalAlpha = 1;
-    ctx.drawImage(ex.picture, 0, 0, canvas.width, canvas.height);
+    ctx.drawImage(ex.picture, 0, 0, width, height);
     ctx.imageSmoothingEnabled = true;
-    ctx.globalAlpha = Number($("alpha").value);
-    ctx.drawImage(heat, 0, 0, canvas.width, canvas.height);
+    ctx.globalAlpha = alpha;
+    ctx.drawImage(heat, 0, 0, width, height);
     ctx.globalAlpha = 1;
+  }
+
+  // The player's panel of the explorer's word at the player's step (each step to its own min..max), when the trace
+  // kept the steps apart; a step whose attention was not recorded shows the picture faded.
+  function stepAttention(i) {
+    const canvas = player.attention, ctx = canvas.getContext("2d");
+    $("attention-caption").textContent = `attention of "${ex.entry}" at this step`;
+    if (!ex.picture || !A.steps.includes(i)) {
+      ctx.fillStyle = "#fff";
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
+      ctx.globalAlpha = 0.35;
+      if (ex.picture) ctx.drawImage(ex.picture, 0, 0, canvas.width, canvas.height);
+      ctx.globalAlpha = 1;
+      return;
+    }
+    const cols = entries().find((e) => e.name === ex.entry).columns;
+    const m = computeMaps([cols], { lo: i, hi: i, where: "all", head: "mean" })[0];
+    let lo = Infinity, hi = -Infinity;
+    for (let k = 0; k < m.length; k++) { lo = Math.min(lo, m[k]); hi = Math.max(hi, m[k]); }
+    overlay(ctx, m, lo, hi, 0.55);
+  }
+
+  function redraw() {
+    if (!A || !ex.picture) return;
+    const t0 = performance.now();
+    let maps;
+    try {
+      maps = currentMaps();
+    } catch (err) {
+      $("map-caption").textContent = err.message;
+      return;
+    }
+    const m = maps.get(ex.entry);
+    if (player.attention) stepAttention(player.step);
+    const shared = document.querySelector("input[name=scale]:checked").value === "shared";
+    let lo = Infinity, hi = -Infinity;
+    for (const x of shared ? maps.values() : [m]) for (let i = 0; i < x.length; i++) { lo = Math.min(lo, x[i]); hi = Math.max(hi, x[i]); }
+    const canvas = $("map"), ctx = canvas.getContext("2d");
+    overlay(ctx, m, lo, hi, Number($("alpha").value));
+    const [G0, G1] = A.grid;
     $("lo").textContent = fmt(lo);
     $("hi").textContent = fmt(hi);
     $("map-caption").textContent =

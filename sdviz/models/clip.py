@@ -46,10 +46,11 @@ class EncoderLayer(nn.Module):
         self.attn = Attention(cfg.width, cfg.heads, qkv_bias=True)
         self.layer_norm2 = nn.LayerNorm(cfg.width, eps=cfg.eps)
         self.mlp = MLP(cfg.width, cfg.mlp_ratio * cfg.width)
+        self.hook_resid_post = HookPoint()  # (B, 77, 768) the residual stream after this layer, one vector per token
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.layer_norm1(x), causal=True)  # (B, 77, 768): each token sees itself and earlier ones
-        return x + self.mlp(self.layer_norm2(x))  # (B, 77, 768)
+        return self.hook_resid_post(x + self.mlp(self.layer_norm2(x)))  # (B, 77, 768)
 
 
 class CLIPTextEncoder(nn.Module):

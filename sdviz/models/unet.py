@@ -80,10 +80,11 @@ class TransformerBlock(nn.Module):
         self.attn2 = Attention(dim, heads, context_dim=context_dim)  # pixels attend to prompt tokens
         self.norm3 = nn.LayerNorm(dim)
         self.ff = GEGLU(dim)
+        self.hook_context = HookPoint()  # (B, 77, context_dim) the prompt tokens this block's cross-attention reads
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         x = x + self.attn1(self.norm1(x))  # (B, HW, C)
-        x = x + self.attn2(self.norm2(x), context)  # (B, HW, C) x (B, 77, 768) -> (B, HW, C)
+        x = x + self.attn2(self.norm2(x), self.hook_context(context))  # (B, HW, C) x (B, 77, 768) -> (B, HW, C)
         return x + self.ff(self.norm3(x))  # (B, HW, C)
 
 

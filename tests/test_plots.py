@@ -15,7 +15,7 @@ from pictures import assert_same_picture
 from sdviz.config import SD15
 from sdviz.pipeline import StableDiffusion, load_pipeline
 from sdviz.tracing import load, trace
-from sdviz.viz import figures, lessons, plots
+from sdviz.viz import figures, lessons, plots, style
 from sdviz.weights import build_models
 
 
@@ -39,7 +39,7 @@ def traced(request):
     factory, settings = CASES[request.param]
     pipe = factory()
     with trace(pipe, record="all", keep=["step"], decode=True) as tr:
-        pipe.generate(figures.PROMPT, seed=1, cfg_scale=5.0, sampler="ddim", progress=False, **settings)
+        pipe.generate(style.PROMPT, seed=1, cfg_scale=5.0, sampler="ddim", progress=False, **settings)
     yield pipe, tr
     del pipe
 
@@ -72,7 +72,7 @@ def all_figures(pipe, tr) -> dict[str, Figure]:
             "schedule (model)": plots.noise_schedule_figure(pipe),
             "forward process": lessons.forward_process_figure(pipe),
             "norm axes": lessons.norm_axes_figure(pipe),
-            "clip": lessons.clip_figure(pipe, figures.PROMPT),
+            "clip": lessons.clip_figure(pipe, style.PROMPT),
         }
     return figures_
 
@@ -101,7 +101,7 @@ def test_the_overlay_shows_each_word_map_on_one_scale_or_each_on_its_own(traced)
         tops = []
         for ax, w in zip(panels[1:], words, strict=True):
             heat = ax.images[1]
-            expected = tr.word_map(w).numpy() if scale == "shared" else plots._normalise(tr.word_map(w))
+            expected = tr.word_map(w).numpy() if scale == "shared" else style.normalise(tr.word_map(w))
             np.testing.assert_allclose(np.asarray(heat.get_array()), expected, rtol=1e-6)
             assert ax.get_title() == f'"{w}"\nmax {float(tr.word_map(w).max()):.3f}'
             tops.append(heat.get_clim())
@@ -120,8 +120,8 @@ def test_the_overlay_draws_the_word_maps_of_the_method_it_is_given(traced):
     method = SDVIZ.with_(renormalise=True, steps=(0.5, 1.0))  # what this trace (keep=["step"]) can give
     fig = plots.attention_overlay(tr, words=["red", "circle"], method=method, scale="panel")
     for ax, w in zip([ax for ax in fig.axes if ax.images][1:], ["red", "circle"], strict=True):
-        expected = plots._normalise(tr.word_map(w, method=method))
-        assert not np.allclose(expected, plots._normalise(tr.word_map(w)))  # a different map from the default's
+        expected = style.normalise(tr.word_map(w, method=method))
+        assert not np.allclose(expected, style.normalise(tr.word_map(w)))  # a different map from the default's
         np.testing.assert_allclose(np.asarray(ax.images[1].get_array()), expected, rtol=1e-6)
     with pytest.raises(KeyError, match="layer"):  # DAAM reads every (layer, head): this trace summed them
         plots.attention_overlay(tr, method="daam")
@@ -138,6 +138,38 @@ def test_the_time_embedding_shows_no_pattern_that_is_not_there():
     assert mask[0].all() and mask[half].all() and not mask[half - 1].any()  # the fastest of each half is greyed
     curves = next(ax for ax in fig.axes if ax.get_title() == "the embedding of two timesteps")
     assert len(curves.lines) == 4 and all(len(line.get_xdata()) == half for line in curves.lines)
+
+
+def _write_log(folder: Path, stage: str, columns: dict[str, list[float]]) -> None:
+    lines = [",".join(["step", *columns])]
+    n = len(next(iter(columns.values())))
+    lines += [",".join([str(10 * (i + 1)), *(str(v[i]) for v in columns.values())]) for i in range(n)]
+    (folder / f"log_{stage}.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_the_training_figure_draws_a_run_folders_logs(tmp_path):
+    """One panel per curve (VAE loss, VAE PSNR, UNet loss), a fourth for a relations fine-tune, and a panel without
+    its log says so; the shipped model's logs mark the crop switch and the loss spike."""
+    _write_log(tmp_path, "vae", {"loss": [1.0, 0.5, 0.4, 2.0, 0.3, 0.2], "psnr": [10, 14, 15, 9, 16, 18]})
+    fig = plots.training_losses_figure(tmp_path, window=3)
+    vae_loss, psnr, unet = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == [
+        "stage 1, VAE: L1 + KL loss",
+        "stage 1, VAE: reconstruction PSNR (dB, training batches)",
+        "stage 2, UNet + text encoder: Min-SNR noise loss",
+    ]
+    raw, smooth = vae_loss.lines[:2]
+    np.testing.assert_allclose(raw.get_ydata(), [1.0, 0.5, 0.4, 2.0, 0.3, 0.2])
+    np.testing.assert_allclose(smooth.get_ydata()[1], (1.0 + 0.5 + 0.4) / 3)  # centred over 3 rows
+    assert vae_loss.get_lines()[2].get_xdata()[0] == 40  # the spike (2.0 after a running min of 0.4) is marked
+    assert not unet.lines and unet.texts[0].get_text() == f"no log in {tmp_path}"
+    _write_log(tmp_path, "unet", {"loss": [0.9, 0.8, 0.7], "mse": [1.0, 0.9, 0.8]})
+    _write_log(tmp_path, "relations", {"loss": [0.5, 0.45], "mse": [0.6, 0.5]})
+    fig = plots.training_losses_figure(tmp_path)
+    assert len(fig.axes) == 4 and fig.axes[3].get_title().startswith("stage 3, relations")
+    assert len(fig.axes[2].lines) == len(fig.axes[3].lines) == 3  # logged, moving average, unweighted mse
+    shipped = plots.training_losses_figure()  # the embedded model: 1500 VAE steps, switch at 1350
+    assert any(list(line.get_xdata()) == [1350, 1350] for line in shipped.axes[0].lines)
 
 
 def test_readable_layer_names():

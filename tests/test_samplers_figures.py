@@ -16,7 +16,7 @@ from sdviz.config import TINY
 from sdviz.pipeline import StableDiffusion
 from sdviz.toy import world
 from sdviz.viz import sampler_figures as sf
-from sdviz.viz.figures import save
+from sdviz.viz.style import save
 from sdviz.weights import build_models
 
 COMMITTED_CHART = Path(__file__).parents[1] / "readme-images" / "sampler_quality.png"

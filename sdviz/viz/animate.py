@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from sdviz.viz.style import PROMPT, SEED, SETTINGS, trace_picture
 from sdviz.viz.widgets import frames as F
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def denoising_frames(tr: Trace, image: int = 0, size: int = 128, decoded: bool |
     rec = need_latents(tr, "the denoising animation")
     with_decode = rec.decoded is not None and decoded is not False
     x_t, x0 = rec.preview("x_t", image=image), rec.preview("x0", image=image)  # (S, h, w, 3) each
-    picture = tr.images_u8[image].permute(1, 2, 0).numpy()
+    picture = trace_picture(tr, image)
     out = []
     for i in range(len(rec.timesteps)):
         panels = [F.label(F.enlarge(x_t[i], size), "x_t"), F.label(F.enlarge(x0[i], size), "predicted x0")]
@@ -86,7 +87,7 @@ def attention_frames(tr: Trace, word: str, image: int = 0, size: int = 128, alph
 
     need_cross_attention(tr, "the attention animation", per_step=True)
     positions = word_positions(tr, word, image)  # a word not in the prompt: one line listing the prompt's words
-    picture = tr.images_u8[image].permute(1, 2, 0).numpy()
+    picture = trace_picture(tr, image)
     shown = F.enlarge(picture, size)
     h, w = shown.shape[:2]
     out = []
@@ -188,9 +189,9 @@ def traced_run(
     prompt: str,
     pipe: StableDiffusion | None = None,
     seed: int = 1,
-    steps: int = 50,
-    cfg_scale: float = 5.0,
-    sampler: str = "ddim",
+    steps: int = SETTINGS["steps"],
+    cfg_scale: float = SETTINGS["cfg_scale"],
+    sampler: str = SETTINGS["sampler"],
     decode: bool = True,
     **kw: Any,
 ) -> Any:
@@ -212,13 +213,11 @@ def readme_animation(
     pipe: StableDiffusion | None = None,
     prompt: str | None = None,
     seed: int | None = None,
-    steps: int = 50,
+    steps: int = SETTINGS["steps"],
 ) -> Path:
     """The README's animation, `out_dir/denoising.gif`: the denoising of the README figures' prompt and seed (see
-    `sdviz.viz.figures`; `sdviz figures` calls this), 128 pixels per panel, 10 frames a second."""
-    from sdviz.viz import figures
-
-    tr = traced_run(prompt or figures.PROMPT, pipe, figures.SEED if seed is None else seed, steps)
+    `sdviz.viz.style`; `sdviz figures` calls this), 128 pixels per panel, 10 frames a second."""
+    tr = traced_run(prompt or PROMPT, pipe, SEED if seed is None else seed, steps)
     return animate_denoising(tr, Path(out_dir) / README_ANIMATION, size=128, fps=10)
 
 
@@ -234,9 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--trace", help="a trace saved with Trace.save, instead of generating")
     p.add_argument("--weights", help="SD 1.x weights (default: the embedded model)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=SETTINGS["steps"])
+    p.add_argument("--cfg", type=float, default=SETTINGS["cfg_scale"], help="classifier-free guidance scale")
+    p.add_argument("--sampler", default=SETTINGS["sampler"])
     p.add_argument("--size", type=int, default=128, help="pixels per panel (default 128)")
     p.add_argument("--fps", type=float, default=8)
     a = p.parse_args(argv)

@@ -15,36 +15,21 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from sdviz.viz.display import Figure
+from sdviz.viz.style import HEAT, SETTINGS, no_ticks, normalise, trace_picture
 
 if TYPE_CHECKING:
     from sdviz.pipeline import StableDiffusion
     from sdviz.tracing import Trace
 
-HEAT = "jet"  # the colour map of sdviz's other attention figures (DAAM's)
-SETTINGS = {"steps": 50, "cfg_scale": 5.0, "sampler": "ddim"}  # the embedded model's evaluation settings
-
-
-def _normalise(m: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1] (a constant map becomes zeros)."""
-    m = np.asarray(m, dtype=np.float64)
-    lo, hi = m.min(), m.max()
-    return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
-
-
-def _off(ax: Any) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-
 
 def _overlay(ax: Any, picture: np.ndarray, heat: np.ndarray, title: str) -> Any:
     """A word map, normalised to [0, 1], laid over its picture."""
     ax.imshow(picture)
-    im = ax.imshow(_normalise(heat), cmap=HEAT, alpha=0.55, vmin=0, vmax=1)
+    im = ax.imshow(normalise(heat), cmap=HEAT, alpha=0.55, vmin=0, vmax=1)
     ax.set_title(title, fontsize=9)
-    _off(ax)
+    no_ticks(ax)
     return im
 
 
@@ -62,10 +47,10 @@ def reweight_panel(tr: Trace, word: str, weight: float, image: int = 0) -> Figur
     """One traced, reweighted generation: the picture and the word's map over it (what `reweight_widget` shows)."""
     fig = Figure(figsize=(4.4, 2.5), layout="constrained")
     axes = fig.subplots(1, 2)
-    picture = tr.images_u8[image].permute(1, 2, 0).numpy()
+    picture = trace_picture(tr, image)
     axes[0].imshow(picture)
     axes[0].set_title(f'"{word}" x {weight:g}', fontsize=9)
-    _off(axes[0])
+    no_ticks(axes[0])
     _overlay(axes[1], picture, tr.word_map(word, image=image), f'where "{word}" looked')
     fig.suptitle(tr.prompts[image], fontsize=9)
     return fig
@@ -92,10 +77,10 @@ def reweight_figure(
     axes = fig.subplots(2, len(weights), squeeze=False)
     im = None
     for c, (w, tr, m) in enumerate(zip(weights, traces, maps, strict=True)):
-        picture = tr.images_u8[0].permute(1, 2, 0).numpy()
+        picture = trace_picture(tr, 0)
         axes[0, c].imshow(picture)
         axes[0, c].set_title(f'"{word}" x {w:g}', fontsize=9)
-        _off(axes[0, c])
+        no_ticks(axes[0, c])
         im = _overlay(axes[1, c], picture, m, f"attention {m.sum() / base.sum():.2f}x")
     axes[1, 0].set_ylabel(f'map of "{word}"', fontsize=9)
     fig.colorbar(im, ax=axes[1, -1], fraction=0.046, pad=0.04, label="attention (normalised)")
@@ -140,11 +125,11 @@ def replace_figure(
     fig = Figure(figsize=(2.0 * (len(pairs) + 1) + 0.4, 7.0), layout="constrained")
     axes = fig.subplots(len(rows), len(pairs) + 1, squeeze=False)
     for r, (t, image, label, ws) in enumerate(rows):
-        picture = t.images_u8[image].permute(1, 2, 0).numpy()
+        picture = trace_picture(t, image)
         axes[r, 0].imshow(picture)
         axes[r, 0].set_title("picture", fontsize=9)
         axes[r, 0].set_ylabel(label, fontsize=10)
-        _off(axes[r, 0])
+        no_ticks(axes[r, 0])
         for c, w in enumerate(ws, start=1):
             _overlay(axes[r, c], picture, t.word_map(w, image=image), f'map of "{w}"')
     fig.suptitle(

@@ -8,6 +8,9 @@ statistics, latents and their VAE decodes, gives the attention, group-norm, deno
 lessons' figures (`sdviz.viz.lessons`) run their own small computations; the noise schedule and the time embedding
 need no generation. Everything is seeded and the pictures are written without a timestamp or version stamp, so the
 same code and weights give the same pictures (up to CPU rounding: `tests/pictures.py`).
+
+This file is the command only: it imports the figure modules, which take the headline prompt, seed and settings
+from `sdviz.viz.style` and never import this file.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdviz.viz.style import PROMPT, SEED, SETTINGS, save  # the headline picture and its settings
+
 if TYPE_CHECKING:
     from sdviz.pipeline import StableDiffusion
 
-PROMPT = "a large red circle above a small blue square"
 # image-to-image from the headline picture: another colour (a little noise is enough) and another shape (it takes
 # most of the steps; at strength 1 nothing of the input is left, not even the layout)
 IMG2IMG_PROMPTS = ("a large green circle above a small blue square", "a large red triangle above a small blue square")
@@ -38,10 +42,6 @@ EDIT_WORD, EDIT_WEIGHTS = "square", (0.0, 0.5, 1.0, 2.0, 4.0)
 EDIT_SOURCE = "a small red circle to the left of a small green square"
 EDIT_TARGET = "a small blue circle to the left of a small green square"
 EDIT_SEED = 1  # drawn alone from this seed, the target puts its objects elsewhere; replace keeps the source's layout
-# The headline seed: the judge (sdviz.toy.judge) finds exactly one large red circle above one small blue square and
-# nothing else (seeds 0, 4, 11, 13, 18 and 21 of 0-23 are right; seed 1, the earlier choice, drew two blue squares).
-SEED = 13
-SETTINGS = {"steps": 50, "cfg_scale": 5.0, "sampler": "ddim"}  # the embedded model's evaluation settings
 
 
 # a 16x16 layer (its self-attention is almost uniform in the embedded model) and an 8x8 one that looks at objects
@@ -128,12 +128,6 @@ def render(
     }
 
 
-def save(fig: Any, path: Path, dpi: int = 100) -> Path:
-    """Write a figure as PNG without metadata that changes between runs or versions."""
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    return path
-
-
 def write_readme_figures(
     out_dir: str | Path = "readme-images",
     pipe: StableDiffusion | None = None,
@@ -146,8 +140,8 @@ def write_readme_figures(
     """
     from sdviz.pipeline import EMBEDDED_MODEL
     from sdviz.viz.animate import readme_animation
-    from sdviz.viz.plots import training_losses_figure
     from sdviz.viz.sampler_figures import quality_chart
+    from sdviz.viz.training_figure import training_losses_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

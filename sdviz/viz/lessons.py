@@ -12,7 +12,7 @@ The figures of a recorded generation (attention, group-norm statistics, the deno
 Every function takes the pipeline (the embedded model by default in the notebooks) and returns a
 `sdviz.viz.display.Figure`, which a notebook shows as a picture.
 
-Two pieces of the lessons are small algorithms worth reading on their own:
+Two pieces of the lessons are small algorithms worth reading on their own, in `guidance_lesson.py` (and here):
 
     sample(pipe, prompt, ..., guide=fn)          the denoising loop in a dozen lines, with a hook to change eps
     colour_classifier_guide(pipe, colour, s)     classifier guidance (Dhariwal & Nichol 2021) with a classifier
@@ -21,7 +21,7 @@ Two pieces of the lessons are small algorithms worth reading on their own:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,19 +30,39 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdviz.viz.display import Figure
-from sdviz.viz.plots import _off, _upsample
+from sdviz.viz.guidance_lesson import (  # the guidance lesson, in its own file
+    Guide,
+    classifier_guidance_figure,
+    colour_classifier_guide,
+    colour_log_prob,
+    sample,
+)
+from sdviz.viz.style import SETTINGS, no_ticks, to_u8, upsample, wrap
 
 if TYPE_CHECKING:
     from sdviz.pipeline import StableDiffusion
 
+__all__ = [
+    "NORMS",
+    "Guide",
+    "box_mask",
+    "capture_norm_input",
+    "classifier_guidance_figure",
+    "clip_figure",
+    "colour_classifier_guide",
+    "colour_log_prob",
+    "data_distribution_figure",
+    "forward_process_figure",
+    "inpainting_figure",
+    "norm_axes_figure",
+    "normalise",
+    "sample",
+    "training_step_figure",
+]
+
 # --------------------------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _u8(x: Tensor) -> np.ndarray:
-    """One picture (3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 def _preview(pipe: StableDiffusion, z: Tensor, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -51,121 +71,19 @@ def _preview(pipe: StableDiffusion, z: Tensor, size: tuple[int, int] | None = No
 
     w, b = latent_rgb_map(pipe)
     rgb = (torch.einsum("oc,chw->ohw", w, z.float().cpu()) + b[:, None, None]).clamp(-1, 1)
-    pic = _u8(rgb)
-    return _upsample(pic, size) if size else pic
+    pic = to_u8(rgb)
+    return upsample(pic, size) if size else pic
 
 
 def _decode(pipe: StableDiffusion, z: Tensor) -> np.ndarray:
     """Scaled latents (B, 4, h, w) -> (B, H, W, 3) uint8 through the VAE decoder."""
-    return np.stack([_u8(x) for x in pipe.decode_latents(z)])
-
-
-def _caption(text: str, width: int = 22) -> str:
-    """Break a caption into lines of about `width` characters for a small title."""
-    words, lines, line = text.split(), [], ""
-    for w in words:
-        if line and len(line) + 1 + len(w) > width:
-            lines.append(line)
-            line = w
-        else:
-            line = f"{line} {w}".strip()
-    return "\n".join(lines + [line])
+    return np.stack([to_u8(x) for x in pipe.decode_latents(z)])
 
 
 def _schedule(pipe: StableDiffusion) -> Any:
     from sdviz.samplers.schedule import NoiseSchedule
 
     return NoiseSchedule(pipe.config.schedule)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The denoising loop, with a place to change the noise prediction (classifier guidance needs one)
-# --------------------------------------------------------------------------------------------------------------------
-
-# guide(x0, t) -> a shift of the predicted clean latent x0 (classifier guidance, below)
-Guide = Callable[[Tensor, int], Tensor]
-
-
-def sample(
-    pipe: StableDiffusion,
-    prompt: str,
-    seed: int = 0,
-    steps: int = 25,
-    cfg_scale: float = 1.0,
-    guide: Guide | None = None,
-    sampler: str = "ddim",
-) -> Tensor:
-    """Text-to-image in a dozen lines (what `pipe.generate` does, minus batches, pictures and observers), with a
-    `guide` that may shift the clean latent x0 each step predicts: the step lands on sqrt(alpha_bar_next) (x0 +
-    shift) + sqrt(1 - alpha_bar_next) eps, the noise left as predicted (exact for DDIM). Returns the final scaled
-    latents (1, 4, h, w).
-    """
-    from sdviz.samplers import get_sampler
-
-    s = get_sampler(sampler, pipe.config.schedule)
-    s.set_timesteps(steps)
-    g = torch.Generator("cpu").manual_seed(seed)
-    size = pipe.config.image_size // pipe.config.vae.downsampling_factor
-    shape = (1, pipe.config.unet.in_channels, size, size)
-    x = torch.randn(shape, generator=g).to(pipe.device, pipe.dtype) * s.init_noise_sigma  # x_T: pure noise
-    context = pipe.encode_prompts([prompt])  # (1, 77, width)
-    uncond = pipe.encode_prompts([""]) if cfg_scale > 1 else None
-    timesteps = s.timesteps.tolist()
-    for i, t in enumerate(timesteps):
-        eps_cond, eps_uncond = pipe.predict_noise(s.scale_model_input(x, t), t, context, uncond)
-        eps = eps_cond if uncond is None else eps_uncond + cfg_scale * (eps_cond - eps_uncond)  # CFG
-        out = s.step(eps, t, x, generator=[g])  # x_t -> x_{t-1}
-        x = out.prev_sample
-        if guide is not None:
-            ab_next = float(s.schedule.alphas_cumprod[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
-            x = x + ab_next**0.5 * guide(out.pred_original_sample, t).to(x)
-    return x
-
-
-def colour_log_prob(images: Tensor, colour: str, sigma: float = 60.0) -> Tensor:
-    """log p(colour | image): a classifier that needs no training, for the shapes world.
-
-    It looks at the average colour m of the picture's objects (every pixel weighted by how far it is from the
-    background colour) and scores each palette colour c by a Gaussian around it: logit_c = -|m - c|^2 / (2 sigma^2),
-    p = softmax over the six colours. A nearest-colour rule like the judge's, made smooth: its gradient pulls the
-    objects' colour towards `colour` from anywhere (a log-softmax never goes flat). images: (B, 3, H, W) in [-1, 1]
-    -> (B,).
-    """
-    from sdviz.toy.world import BACKGROUND, PALETTE
-
-    rgb = (images.float().clamp(-1, 1) + 1) * 127.5  # (B, 3, H, W) in [0, 255]
-    pixels = rgb.flatten(2).transpose(1, 2)  # (B, HW, 3)
-    background = torch.tensor(BACKGROUND, dtype=torch.float32, device=images.device)
-    palette = torch.tensor(list(PALETTE.values()), dtype=torch.float32, device=images.device)  # (6, 3)
-    weight = 1 - torch.exp(-((pixels - background) ** 2).sum(-1) / (2 * sigma**2))  # (B, HW): 0 on background
-    weight = weight.detach()  # which pixels are objects is not for the gradient to change
-    mean = (weight[..., None] * pixels).sum(1) / (weight.sum(1, keepdim=True) + 1e-6)  # (B, 3): objects' colour
-    logits = -((mean[:, None, :] - palette[None]) ** 2).sum(-1) / (2 * sigma**2)  # (B, 6)
-    return torch.log_softmax(logits, dim=-1)[:, list(PALETTE).index(colour)]
-
-
-def colour_classifier_guide(pipe: StableDiffusion, colour: str, scale: float) -> Guide:
-    """Classifier guidance with a classifier of clean pictures (`colour_log_prob`).
-
-    Dhariwal & Nichol (2021) train a classifier on *noisy* pictures and shift every noise prediction along its
-    gradient, eps_hat = eps - scale * sqrt(1 - alpha_bar_t) * grad_{x_t} log p(y | x_t) (their eq. 14). Our
-    classifier knows only clean pictures, so it is asked about the clean picture each step predicts, decode(x0),
-    and the predicted x0 is moved up its gradient, the same step at every t (the idea of "universal guidance",
-    Bansal et al. 2023, for off-the-shelf classifiers):
-
-        x0_hat = x0 + scale * grad_{x0} log p(y | decode(x0))
-
-    The gradient flows back through the VAE decoder. The model itself is never told the colour: the prompt is "".
-    """
-
-    def guide(x0: Tensor, t: int) -> Tensor:
-        with torch.enable_grad():
-            x0 = x0.detach().float().requires_grad_(True)
-            picture = pipe.vae.decode(x0.to(pipe.dtype) / pipe.config.vae.scaling_factor)  # (1, 3, H, W)
-            (grad,) = torch.autograd.grad(colour_log_prob(picture, colour).sum(), x0)
-        return scale * grad
-
-    return guide
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -178,7 +96,7 @@ def data_distribution_figure(
     n: int = 6,
     seed: int = 0,
     samples: int = 8,
-    steps: int = 25,
+    steps: int = 25,  # half of SETTINGS' 50: the figure generates n + `samples` pictures
 ) -> Figure:
     """What the model learns from and what it makes: `n` training scenes of the shapes world with their captions,
     the model's pictures for the same captions (other noise, so other pictures), and on the right where single
@@ -196,24 +114,24 @@ def data_distribution_figure(
     for c, scene in enumerate(scenes):
         ax = fig.add_subplot(grid[0, c])
         ax.imshow(scene.image, interpolation="nearest")
-        ax.set_title(_caption(scene.caption), fontsize=7.5)
-        _off(ax)
+        ax.set_title(wrap(scene.caption, 22), fontsize=7.5)
+        no_ticks(ax)
         if c == 0:
             ax.set_ylabel("training data", fontsize=9)
     made: list[tuple[str, tuple[float, float]]] = []
     if pipe is not None:
         for c, scene in enumerate(scenes):
-            pic = pipe.generate(scene.caption, seed=seed + c, sampler="ddim", steps=steps, cfg_scale=5, progress=False)
+            pic = pipe.generate(scene.caption, seed=seed + c, progress=False, **{**SETTINGS, "steps": steps})
             ax = fig.add_subplot(grid[1, c])
             ax.imshow(pic.image, interpolation="nearest")
             ax.set_title(f"seed {seed + c}", fontsize=7.5)
-            _off(ax)
+            no_ticks(ax)
             if c == 0:
                 ax.set_ylabel("the model's samples", fontsize=9)
         prompts = [s.caption for s in world.sample_scenes(np.random.default_rng(seed + 2), 4 * samples)]
         prompts = [p for p in prompts if len(world.parse_caption(p).objects) == 1][:samples]
         for k, p in enumerate(prompts):
-            pic = pipe.generate(p, seed=100 + k, sampler="ddim", steps=steps, cfg_scale=5.0, progress=False).image
+            pic = pipe.generate(p, seed=100 + k, progress=False, **{**SETTINGS, "steps": steps}).image
             v = judge(pic, p)
             if v.objects[0].centre is not None:
                 made.append((v.objects[0].colour, v.objects[0].centre))
@@ -279,14 +197,14 @@ def forward_process_figure(
     axes[1, 0].axis("off")
     axes[1, 0].text(0.5, 0.5, "x_t = √ᾱ_t · x_0\n   + √(1−ᾱ_t) · ε\n\nε ~ N(0, I),\none draw for\nevery column",
                     ha="center", va="center", fontsize=9, transform=axes[1, 0].transAxes)  # fmt: skip
-    _off(axes[0, 0])
+    no_ticks(axes[0, 0])
     for c, t in enumerate(timesteps, start=1):
         a = float(ab[t])
         axes[0, c].imshow(_preview(pipe, zs[c - 1], (size, size)), interpolation="nearest")
         axes[0, c].set_title(f"t = {t}\n√ᾱ={a ** 0.5:.2f}  √(1−ᾱ)={(1 - a) ** 0.5:.2f}", fontsize=8)
         axes[1, c].imshow(decoded[c - 1], interpolation="nearest")
         for r in (0, 1):
-            _off(axes[r, c])
+            no_ticks(axes[r, c])
     axes[0, 1].set_ylabel("latent x_t\n(linear preview)", fontsize=9)
     axes[1, 1].set_ylabel("x_t decoded\nby the VAE", fontsize=9)
     fig.suptitle("the forward process q(x_t | x_0): noise added in one jump (DDPM eq. 4); more t, less picture",
@@ -361,7 +279,7 @@ def training_step_figure(
         axes[5].set_xlabel(f"loss = mean = {err.mean():.3f}", fontsize=8)
         axes[0].set_ylabel(f"t = {t}\n√ᾱ = {float(ab[t]) ** 0.5:.2f}", fontsize=9)
         for c, ax in enumerate(axes):
-            _off(ax)
+            no_ticks(ax)
             if r == 0:
                 ax.set_title(titles[c], fontsize=8.5)
     fig.colorbar(im, ax=fig.axes[5::n_col], fraction=0.05, pad=0.02, label="squared error")
@@ -392,50 +310,8 @@ def training_step_figure(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 4. Classifier guidance vs classifier-free guidance
+# 4. Classifier guidance vs classifier-free guidance: guidance_lesson.py (with the denoising loop it steers)
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def classifier_guidance_figure(
-    pipe: StableDiffusion,
-    colour: str = "red",
-    seeds: Sequence[int] = (0, 1, 2, 3),
-    scale: float = 4.0,
-    cfg_prompt: str | None = None,
-    cfg_scale: float = 5.0,
-    steps: int = 25,
-) -> Figure:
-    """Three ways to sample, the same seeds in each column:
-
-    1. no guidance, empty prompt: the model draws anything of its world;
-    2. classifier guidance: the same unconditional model, steered at every step by the gradient of a separate
-       classifier, log p(colour | picture) (`colour_classifier_guide`); the model never hears the word;
-    3. classifier-free guidance: the model is told the prompt, and its conditional and unconditional predictions
-       are combined, eps_uncond + cfg_scale (eps_cond - eps_uncond); no classifier at all.
-    """
-    cfg_prompt = cfg_prompt or f"a {colour} circle in the centre"
-    rows = [
-        ("no guidance\n(prompt \"\")", dict(prompt="")),
-        (f"classifier guidance\n(prompt \"\", classifier:\n\"{colour}\", scale {scale:g})",
-         dict(prompt="", guide=colour_classifier_guide(pipe, colour, scale))),
-        ("classifier-free guidance\n" + _caption(f'(prompt "{cfg_prompt}", cfg {cfg_scale:g})', 24),
-         dict(prompt=cfg_prompt, cfg_scale=cfg_scale)),
-    ]  # fmt: skip
-    fig = Figure(figsize=(1.75 * len(seeds) + 1.9, 1.85 * len(rows) + 0.6), layout="constrained")
-    axes = fig.subplots(len(rows), len(seeds), squeeze=False)
-    for r, (label, kw) in enumerate(rows):
-        for c, seed in enumerate(seeds):
-            z = sample(pipe, seed=seed, steps=steps, **kw)
-            ax = axes[r, c]
-            ax.imshow(_decode(pipe, z)[0], interpolation="nearest")
-            _off(ax)
-            if r == 0:
-                ax.set_title(f"seed {seed}", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=8.5)
-    fig.suptitle("classifier guidance steers with a classifier's gradient; classifier-free guidance with the prompt",
-                 fontsize=10)  # fmt: skip
-    return fig
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -655,7 +531,7 @@ def inpainting_figure(
     """Inpainting: the picture, the mask (white: repaint), and the result for each prompt. Outside the mask the
     picture's own latents, noised to the current t, are put back after every step, so only the white region is
     drawn anew, in a way that fits what surrounds it."""
-    settings = {"sampler": "ddim", "steps": 50, "cfg_scale": 5.0, **settings}
+    settings = {**SETTINGS, **settings}
     results = [pipe.generate(p, image=image, mask=mask, seed=seed, progress=False, **settings).image for p in prompts]
     pic, m = np.asarray(image.convert("RGB")), np.asarray(mask.convert("L")) > 127
     shown = pic.copy()
@@ -666,11 +542,11 @@ def inpainting_figure(
     for ax, im, title in zip(
         axes,
         [pic, shown, *results],
-        ["the picture", "mask (white:\nrepainted)", *[_caption(f'"{p}"', 26) for p in prompts]],
+        ["the picture", "mask (white:\nrepainted)", *[wrap(f'"{p}"', 26) for p in prompts]],
         strict=True,
     ):
         ax.imshow(np.asarray(im), interpolation="nearest")
         ax.set_title(title, fontsize=7.5)
-        _off(ax)
+        no_ticks(ax)
     fig.suptitle("inpainting: only the masked region is generated; the rest is put back after every step", fontsize=10)
     return fig

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sdviz.viz.attention_figures import scale_label
 from sdviz.viz.display import Figure
-from sdviz.viz.figures import PROMPT, SETTINGS  # the README's headline prompt, the evaluation settings
-from sdviz.viz.plots import HEAT, _off, _picture, _scale_label
+from sdviz.viz.style import HEAT, PROMPT, SETTINGS, no_ticks, trace_picture  # the headline prompt, its settings
 
 if TYPE_CHECKING:
     from sdviz.pipeline import StableDiffusion
@@ -88,18 +88,18 @@ def relations_figure(
     axes = fig.subplots(len(rows), len(words) + 1, squeeze=False)
     im = None
     for r, (seed, tr, verdict, maps) in enumerate(rows):
-        picture = _picture(tr, 0)
+        picture = trace_picture(tr, 0)
         axes[r, 0].imshow(picture)
         axes[r, 0].set_title(f"seed {seed}", fontsize=10)
         axes[r, 0].set_ylabel(verdict_label(verdict).replace(" (", "\n("), fontsize=8)
-        _off(axes[r, 0])
+        no_ticks(axes[r, 0])
         for ax, w in zip(axes[r, 1:], words, strict=True):
             ax.imshow(picture)
             im = ax.imshow(maps[w], cmap=HEAT, alpha=alpha, vmin=0, vmax=top)
             ax.set_title(f'"{w}"  max {maps[w].max():.3f}', fontsize=9.5)
-            _off(ax)
+            no_ticks(ax)
     bar = fig.colorbar(im, ax=axes[:, -1], fraction=0.08, pad=0.04, shrink=0.7)
-    bar.set_label(_scale_label(rows[0][1], "shared"), fontsize=8)
+    bar.set_label(scale_label(rows[0][1], "shared"), fontsize=8)
     fig.suptitle(
         f"{prompt!r}: the object words find their objects wherever they were drawn; "
         f'"{words[2]}" has nothing to look at',

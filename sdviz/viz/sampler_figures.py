@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sdviz.viz.display import Figure
-from sdviz.viz.figures import PROMPT, SEED
+from sdviz.viz.style import PROMPT, SEED, SETTINGS, no_ticks, save
 
 if TYPE_CHECKING:
     from sdviz.pipeline import StableDiffusion
@@ -53,9 +53,9 @@ KEPT = ("colour", "shape", "position", "count", "correct")
 # The evaluation's prompts, seeds and guidance (sdviz/toy/evaluate.py), but the first 40 of its 100 pairs: one call
 # costs ~33 ms on one thread, and 40 pictures at 8 runs x 85 steps take ~15 minutes. They name 60 objects: one
 # verdict moves a colour or shape rate by 1.7 points.
-N_PROMPTS, PROMPT_SEED, CFG_SCALE = 40, 0, 5.0
+N_PROMPTS, PROMPT_SEED, CFG_SCALE = 40, 0, SETTINGS["cfg_scale"]
 
-PREVIEW_STEPS = 10  # the predictions figure: the README's headline prompt and seed (figures.py), 10 steps
+PREVIEW_STEPS = 10  # the predictions figure: the README's headline prompt and seed (style.py), 10 steps
 
 
 # -- measuring ------------------------------------------------------------------------------------------------------
@@ -233,8 +233,7 @@ def predictions_figure(
     for r, (label, ts, pictures, final) in enumerate(rows):
         for c in range(columns):
             ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            no_ticks(ax)
             if c < len(pictures):
                 ax.imshow(pictures[c], interpolation="nearest")
                 ax.set_title(f"t={ts[c]}", fontsize=7, pad=2)
@@ -251,8 +250,6 @@ def predictions_figure(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m sdviz.viz.sampler_figures [--measure] [--threads 1] [--out readme-images] [--json PATH]`"""
-    from sdviz.viz.figures import save
-
     p = argparse.ArgumentParser(prog="python -m sdviz.viz.sampler_figures", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", default=str(REPO_ROOT / "readme-images"), help="folder for the PNG files")

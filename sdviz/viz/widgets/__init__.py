@@ -7,6 +7,7 @@
                      # click a pixel to rank the words by their attention there
     studio()         # a front panel on the embedded model (or studio(pipe)): generate, watch it live, then the player,
                      # the explorer, a guidance sweep and a seed grid, in tabs
+    reweight_widget(pipe, prompt, "red")   # a word-weight slider (prompt-to-prompt's reweight) that regenerates
 
 Each is an object whose `.widget` is the ipywidgets box; as the last expression of a cell it shows the box and, for
 the player and the explorer, an animated GIF of the same run below it, so that a static render of the notebook
@@ -19,6 +20,7 @@ an assignment (`benchmarks/widget_frames.py` measures it).
     denoising.py    Player (the denoising player)
     attention.py    Explorer (the cross-attention explorer)
     front_panel.py  Studio (the front panel)
+    reweight.py     reweight_widget (a slider over one word's weight, sdviz.editing.Reweight)
 
 The names here are imported on first use (ipywidgets is not loaded by `sdviz.viz.animate` or the figures).
 """
@@ -35,6 +37,7 @@ _LAZY = {
     "explorer": "sdviz.viz.widgets.attention",
     "Studio": "sdviz.viz.widgets.front_panel",
     "studio": "sdviz.viz.widgets.front_panel",
+    "reweight_widget": "sdviz.viz.widgets.reweight",
 }
 
 __all__ = sorted(_LAZY)

@@ -38,7 +38,7 @@ METHODS = {"sdviz": "sdviz (every layer, bilinear)", "daam": "DAAM 0.2.0", "best
 
 
 def _short_layer(name: str) -> str:
-    from sdviz.viz.plots import _short
+    from sdviz.viz.style import short_layer as _short
 
     return _short(name.removesuffix(".transformer_blocks.0.attn2.hook_probs").removesuffix(".attn2.hook_probs"))
 
@@ -80,7 +80,7 @@ class Explorer:
         if word is not None and word not in self.words:
             word_positions(trace, word, image)  # not in the prompt: one line listing the prompt's words
             word = next(w for w in self.words if w == word.lower().strip() or w.strip(".,;:!?\"'()") == word.lower())
-        from sdviz.viz.plots import default_words
+        from sdviz.viz.style import default_words
 
         self.maps = AttentionMaps(trace, image, map_size(trace.image_size))
         picture = trace.images_u8[image].permute(1, 2, 0).numpy()

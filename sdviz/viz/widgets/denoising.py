@@ -103,7 +103,7 @@ class Player:
         if word == "auto":
             if rec is None or "step" not in rec.keep:
                 return None
-            from sdviz.viz.plots import default_words
+            from sdviz.viz.style import default_words
 
             return default_words(self.trace, self.image)[0]
         if word is None:

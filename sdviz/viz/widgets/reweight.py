@@ -1,6 +1,6 @@
 """A word-weight slider for notebooks: move it, and the picture is generated again with that word reweighted.
 
-    from sdviz.editing import reweight_widget
+    from sdviz.viz.widgets import reweight_widget
     reweight_widget(pipe, "a large red circle above a small blue square", "red")
 
 The embedded model draws a picture in about 1-2 s on a laptop CPU, so the slider regenerates when it is released
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sdviz.editing.prompts import word_positions
+from sdviz.viz.style import SETTINGS
 
 if TYPE_CHECKING:
     from sdviz.pipeline import StableDiffusion
@@ -39,7 +40,7 @@ def reweight_widget(
     from sdviz.editing.p2p import Reweight
     from sdviz.tracing import trace
     from sdviz.viz.display import png_bytes
-    from sdviz.viz.edit_figures import SETTINGS, reweight_panel
+    from sdviz.viz.edit_figures import reweight_panel
 
     word_positions(pipe.tokenizer.encode(prompt), word, prompt)  # fail now, not on the first move
     generate = {**SETTINGS, **generate}

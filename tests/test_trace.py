@@ -514,3 +514,14 @@ def test_a_traces_peak_memory_stays_within_its_estimate():
     m = json.loads(out.stdout.strip().splitlines()[-1])
     assert m["records"] > 100e6  # big enough for the measurement to mean something
     assert m["growth"] <= 1.25 * m["total"], m
+
+
+def test_a_trace_writes_its_own_web_page(pipe, tmp_path):
+    from sdviz.tracing.export import export
+
+    with trace(pipe) as tr:
+        gen(pipe)
+    path = tr.to_html(tmp_path / "run.html")
+    text = path.read_text()
+    assert PROMPT in text and "<script" in text and 'src="http' not in text and 'href="http' not in text
+    assert path.stat().st_size == export(tr).nbytes  # the same page as sdviz.tracing.export builds

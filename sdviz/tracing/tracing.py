@@ -48,7 +48,7 @@ from sdviz import shapes
 from sdviz.events import Scope, UNetCall, current_call
 from sdviz.hooks import Filter, HookCall, hook_points
 from sdviz.tokenizer import Encoding
-from sdviz.tracing import aggregate, files
+from sdviz.tracing import aggregate, export, files
 from sdviz.tracing.layout import (
     DEFAULT_BUDGET,
     LAYERED,
@@ -495,6 +495,12 @@ class Trace:
         lines = [f"Trace of {self.prompts!r}, {len(self.timesteps)} steps, {self.nbytes() / 1e6:.2f} MB"]
         lines += [f"  {rec!r}" for rec in self.records.values()]
         return "\n".join(lines)
+
+    def to_html(self, path: str | Path, image: int = 0, max_mb: float | None = None, drop: Iterable[str] = ()) -> Path:
+        """One self-contained web page of this trace, the player and the explorer, that opens offline in any browser
+        (`sdviz.tracing.export`; also `sdviz export trace.pt --out run.html`). Returns the page's path."""
+        self._info()
+        return export.export(self, path, image=image, max_mb=max_mb, drop=drop).path
 
     # -- saving and loading (the file format: sdviz.tracing.files) -------------------------------------------------
 

@@ -22,7 +22,7 @@ import argparse
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,10 @@ class EvalSettings:
     sampler: str = "ddim"
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """The settings as keyword arguments of `StableDiffusion.generate` (and as a report's record of them)."""
-        return asdict(self)
+        """The settings as keyword arguments of `StableDiffusion.generate` (and as a report's record of them). Not
+        `dataclasses.asdict`: it deep-copies a Sampler instance given as `sampler`, and the copy forgets the
+        timesteps the caller set."""
+        return {"steps": self.steps, "cfg_scale": self.cfg_scale, "sampler": self.sampler}
 
 
 EVAL = EvalSettings()  # the model card's settings

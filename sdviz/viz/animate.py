@@ -82,11 +82,11 @@ def denoising_frames(tr: Trace, image: int = 0, size: int = 128, decoded: bool |
 def attention_frames(tr: Trace, word: str, image: int = 0, size: int = 128, alpha: float = 0.55) -> list[np.ndarray]:
     """One frame per recorded step: the picture, and `word`'s cross-attention at that step over it (each step's map
     normalised to its own min..max, DAAM's colour map). Needs a trace recorded with keep=["step"]."""
-    from sdviz.viz.widgets.checks import need_cross_attention, word_positions
+    from sdviz.viz.widgets.checks import need_cross_attention
     from sdviz.viz.widgets.maps import AttentionMaps, map_size
 
     need_cross_attention(tr, "the attention animation", per_step=True)
-    positions = word_positions(tr, word, image)  # a word not in the prompt: one line listing the prompt's words
+    positions = tr.word_positions(word, image)  # a word not in the prompt: one line listing the prompt's words
     picture = trace_picture(tr, image)
     shown = F.enlarge(picture, size)
     h, w = shown.shape[:2]

@@ -25,8 +25,9 @@ import ipywidgets as W
 import numpy as np
 from IPython.display import display
 
+from sdviz.tracing import aggregate
 from sdviz.viz.widgets import frames as F
-from sdviz.viz.widgets.checks import need_cross_attention, word_positions
+from sdviz.viz.widgets.checks import need_cross_attention
 from sdviz.viz.widgets.common import StaticAnimation, colour_bar
 from sdviz.viz.widgets.maps import AttentionMaps, map_size
 
@@ -78,7 +79,7 @@ class Explorer:
             last = len(enc["tokens"]) - 1
             self.tokens[f"padding ({self.length}-{last})"] = list(range(self.length, last + 1))
         if word is not None and word not in self.words:
-            word_positions(trace, word, image)  # not in the prompt: one line listing the prompt's words
+            trace.word_positions(word, image)  # not in the prompt: one line listing the prompt's words
             word = next(w for w in self.words if w == word.lower().strip() or w.strip(".,;:!?\"'()") == word.lower())
         from sdviz.viz.style import default_words
 
@@ -89,7 +90,6 @@ class Explorer:
         self.pixel: tuple[int, int] | None = None  # (y, x) on the map grid, after a click
         self._quiet = False
         self.ranked: list[tuple[str, float]] = []
-        self._method_maps: dict[tuple, Any] = {}  # (method, steps) -> (77, H, W) maps of an aggregator
         self.methods = ["sdviz"] + [m for m in METHODS if m != "sdviz" and self._holds(m)]
         self._build(word or default_words(trace, image)[0], tokens, alpha)
         self.redraw()
@@ -97,18 +97,10 @@ class Explorer:
     def _holds(self, method: str) -> bool:
         """Whether the trace holds what `method` needs (tried once, on the whole run; the result is kept)."""
         try:
-            self._token_maps(method, None)
+            self.maps.compute([self.trace.word_positions(0, self.image)], method=method)
         except (KeyError, ValueError):  # e.g. per-head maps or self-attention not recorded, or another model's heads
             return False
         return True
-
-    def _token_maps(self, method: str, steps: tuple[int, int] | None) -> Any:
-        """(77, H, W) maps of every token position under an aggregator other than "sdviz", cached per window."""
-        key = (method, steps)
-        if key not in self._method_maps:
-            window = None if steps is None else list(range(steps[0], steps[1] + 1))
-            self._method_maps[key] = self.trace.token_maps(self.image, self.maps.size, method, steps=window).numpy()
-        return self._method_maps[key]
 
     @staticmethod
     def _token_name(token: str) -> str:
@@ -233,14 +225,14 @@ class Explorer:
     def entry_maps(self, entries: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
         """{entry: (H, W) map} of the listed entries (default: those of the picker) for the current choice."""
         entries = self._entries() if entries is None else entries
-        if self.method.value != "sdviz":
-            from sdviz.tracing import aggregate
-
-            maps, agg = self._token_maps(self.method.value, self.selection()["steps"]), aggregate.get(self.method.value)
-            words = entries is self.words  # a word's positions as the method finds them (DAAM: token matching)
-            where = {k: aggregate.positions(self.trace, k, self.image, agg) if words else v for k, v in entries.items()}
-            return {k: maps[v].mean(0) for k, v in where.items()}
-        stack = self.maps.compute(list(entries.values()), **self.selection())
+        method, choice = self.method.value, self.selection()
+        groups = list(entries.values())
+        if method != "sdviz":  # the method chooses its own layers and heads; the window still applies
+            agg, encoding = aggregate.get(method), self.trace.encoding(self.image)
+            choice = {"steps": choice["steps"]}
+            if entries is self.words:  # a word's positions as the method finds them (DAAM: token matching)
+                groups = [aggregate.positions(encoding, k, agg) for k in entries]
+        stack = self.maps.compute(groups, method=method, **choice)
         return dict(zip(entries, stack, strict=True))
 
     def current_map(self) -> np.ndarray:

@@ -34,11 +34,3 @@ def need_cross_attention(trace: Trace, who: str, per_step: bool = False) -> Atte
             "trace with sdviz.trace(pipe, keep=['step'])"
         )
     return rec
-
-
-def word_positions(trace: Trace, word: str, image: int = 0) -> list[int]:
-    """`trace.word_positions`, with a word that is not in the prompt as a one-line ValueError listing its words."""
-    try:
-        return trace.word_positions(word, image)
-    except (KeyError, IndexError) as e:
-        raise ValueError(e.args[0] if e.args else str(e)) from None

@@ -26,7 +26,7 @@ import torch
 from IPython.display import display
 
 from sdviz.viz.widgets import frames as F
-from sdviz.viz.widgets.checks import need_cross_attention, need_latents, word_positions
+from sdviz.viz.widgets.checks import need_cross_attention, need_latents
 from sdviz.viz.widgets.common import StaticAnimation, note, panel
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class Player:
         if word is None:
             return None
         need_cross_attention(self.trace, f"the player's attention panel (word={word!r})", per_step=True)
-        word_positions(self.trace, word, self.image)  # not in the prompt: one line listing the prompt's words
+        self.trace.word_positions(word, self.image)  # not in the prompt: one line listing the prompt's words
         return word
 
     def _decoded(self, pipe: StableDiffusion) -> np.ndarray | None:

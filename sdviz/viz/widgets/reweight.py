@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sdviz.editing.prompts import word_positions
 from sdviz.viz.style import SETTINGS
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ def reweight_widget(
     from sdviz.viz.display import png_bytes
     from sdviz.viz.edit_figures import reweight_panel
 
-    word_positions(pipe.tokenizer.encode(prompt), word, prompt)  # fail now, not on the first move
+    pipe.tokenizer.encode(prompt).positions(word)  # fail now, not on the first move
     generate = {**SETTINGS, **generate}
     slider = widgets.FloatSlider(
         value=weight,

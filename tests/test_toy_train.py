@@ -25,7 +25,7 @@ def _one_thread():
 
 
 def _losses(out: Path, stage: str) -> list[float]:
-    return [r["loss"] for r in T.read_log(out, stage)]
+    return [r["loss"] for r in loop.read_log(out, stage)]
 
 
 def test_vae_loss_goes_down_and_scaling_is_measured(tmp_path: Path) -> None:
@@ -73,8 +73,10 @@ def test_unet_learns_and_exports_a_loadable_model(tmp_path: Path) -> None:
     assert meta["vocabulary"] == {kind: list(words) for kind, words in world.vocabulary().items()}
     image = pipe.generate("a red circle on the left", steps=2, cfg_scale=3.0, seed=0, progress=False).image
     assert image.size == (64, 64)
-    fig = T.plot_losses(tmp_path)
-    assert len(fig.axes) >= 2
+    from sdviz.viz.plots import training_losses_figure  # the run's logs, drawn as the README's figure is
+
+    fig = training_losses_figure(tmp_path)
+    assert len(fig.axes) == 3 and all(ax.lines for ax in fig.axes)  # VAE loss, VAE PSNR, UNet loss: each drawn
 
 
 def test_relations_stage_fine_tunes_stage_2_and_resumes_exactly(tmp_path: Path) -> None:

@@ -24,9 +24,11 @@ relation ("X above Y"). The shipped model is stage 2; a relations run exports it
 **Resumable.** Every `ckpt_every` steps (and on Ctrl-C) a checkpoint is written; `train(..., resume=True)`
 continues from it exactly.
 
-    from sdviz.toy.train import train, plot_losses
+    from sdviz.toy.train import train
     train("runs/toy")                 # both stages, then exports runs/toy/model (load it with load_pipeline)
-    plot_losses("runs/toy").savefig("losses.png")
+
+    from sdviz.viz.plots import training_losses_figure      # the logs as a figure (drawing is viz's job, not here)
+    training_losses_figure("runs/toy").savefig("losses.png")
 
 Outputs in `out_dir`: `vae.ckpt`, `unet.ckpt`, `relations.ckpt` (checkpoints), `log_<stage>.csv` (one row per
 `log_every` steps), `summary.json` (what each stage reached), `init/` (a relations run's starting model) and `model/`
@@ -64,7 +66,6 @@ from sdviz.toy.loop import (
     default_device,
     load_checkpoint,
     make_optimizer,
-    read_log,
     read_summary,
     run_stage,
     save_checkpoint,
@@ -72,6 +73,7 @@ from sdviz.toy.loop import (
     write_summary,
 )
 from sdviz.toy.losses import diffusion_loss, drop_captions, sample_latent, vae_loss
+from sdviz.toy.preview import world_latent_rgb
 from sdviz.weights import Models, load_models, save_sdviz
 
 STAGES = ("vae", "unet", "relations")
@@ -307,8 +309,8 @@ def noise_prediction_loss(models: Models, n: int = 64, seed: int = 0, split: str
 
 def export(out_dir: str | Path, dtype: torch.dtype | None = torch.float16) -> Path:
     """Write the trained model (EMA weights of the UNet and text encoder, the VAE, the config with the measured
-    scaling factor, the world's vocabulary) as an sdviz weights folder `out_dir/model`, loadable with
-    `load_pipeline`."""
+    scaling factor, the world's vocabulary and its latent preview map) as an sdviz weights folder `out_dir/model`,
+    loadable with `load_pipeline`."""
     out_dir = Path(out_dir)
     stage = _last_stage(out_dir)
     models = load_trained(out_dir, ema=True, stage=stage)
@@ -322,7 +324,8 @@ def export(out_dir: str | Path, dtype: torch.dtype | None = torch.float16) -> Pa
         "summary": read_summary(out_dir),
     }
     folder = out_dir / "model"
-    save_sdviz(folder, models, dtype=dtype, card=card, vocabulary=world.vocabulary())
+    rgb = world_latent_rgb(models.vae, models.config.vae.scaling_factor)
+    save_sdviz(folder, models, dtype=dtype, card=card, vocabulary=world.vocabulary(), latent_rgb=rgb)
     return folder
 
 
@@ -420,47 +423,6 @@ def train(
     return summary
 
 
-def plot_losses(out_dir: str | Path, smooth: float = 0.9):
-    """A matplotlib Figure of the training losses of both stages (raw rows faint, exponentially smoothed bold)."""
-    from matplotlib.figure import Figure  # not pyplot: no global state, any backend
-
-    out_dir = Path(out_dir)
-    logs = {name: read_log(out_dir, name) for name in STAGES}
-    logs = {k: v for k, v in logs.items() if v}
-    fig = Figure(figsize=(5.5 * max(len(logs), 1), 3.8))
-    axes = fig.subplots(1, max(len(logs), 1), squeeze=False)
-    titles = {
-        "vae": "stage 1: VAE (L1 + KL)",
-        "unet": "stage 2: UNet + text encoder (Min-SNR noise loss)",
-        "relations": "stage 3: relations (more two-object scenes)",
-    }
-    for ax, (name, rows) in zip(axes[0], logs.items(), strict=False):
-        steps = [r["step"] for r in rows]
-        keys = ["loss"] + (["mse"] if name != "vae" else [])
-        for key, colour in zip(keys, ("tab:blue", "tab:orange"), strict=False):
-            values = [r[key] for r in rows]
-            smoothed, acc = [], values[0]
-            for v in values:
-                acc = smooth * acc + (1 - smooth) * v
-                smoothed.append(acc)
-            ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
-            ax.plot(steps, smoothed, color=colour, linewidth=1.8, label=key)
-        if name == "vae":
-            twin = ax.twinx()
-            twin.plot(steps, [r["psnr"] for r in rows], color="tab:green", linewidth=1.0, label="PSNR (train)")
-            twin.set_ylabel("PSNR, dB")
-            twin.legend(loc="center right", frameon=False)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(titles[name], fontsize=10)
-        ax.legend(loc="upper right", frameon=False)
-        ax.grid(alpha=0.3)
-    if not logs:
-        axes[0][0].text(0.5, 0.5, f"no logs in {out_dir}", ha="center", va="center")
-    fig.tight_layout()
-    return fig
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`sdviz train OUT_DIR [--stage vae|unet|all] [--vae-steps N] [--unet-steps N] ...`"""
     p = argparse.ArgumentParser(prog="sdviz train", description="Train sdviz's embedded toy model.")
@@ -483,7 +445,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--relations-steps", type=int, default=None)
     p.add_argument("--init", default=None, help="relations stage: start from this model folder")
     p.add_argument("--p-two", type=float, default=None, help="share of two-object scenes in UNet batches")
-    p.add_argument("--plot", default=None, help="save a loss plot to this file at the end")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     steps: int | dict[str, int] | None = a.steps
@@ -508,8 +469,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         p_two=a.p_two,
     )
     print(json.dumps(summary, indent=2))
-    if a.plot:
-        plot_losses(a.out_dir).savefig(a.plot, dpi=120)
     return 0
 
 

@@ -129,7 +129,7 @@ def main() -> None:
         with sdviz.trace(pipe, keep=keep) as tr:
             pipe.generate(PROMPT, height=512, width=512, **SETTINGS)
         print(f"  generated and traced in {time.perf_counter() - start:.0f} s: {tr!r}".replace("\n", "\n    "))
-        path = _export(tr, work / f"sd15-{keep or 'default'}.html".replace("'", ""), what)
+        path = _export(tr, work / f"sd15-{'-'.join(keep or ['default'])}.html", what)
         if keep:
             pages["SD 1.5's shapes, keep=['step']"] = path
     if not args.no_browser:

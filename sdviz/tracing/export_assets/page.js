@@ -84,7 +84,7 @@
   // The player
   // ---------------------------------------------------------------------------------------------------------------
 
-  const player = { step: 0, timer: null, canvases: {}, images: {} };
+  const player = { step: 0, timer: null, canvases: {}, images: {}, stepMaps: new Map() };
   const CAPTIONS = {
     x_t: "x_t, the noisy latent (preview)",
     x0: "predicted x0 (preview)",
@@ -270,10 +270,11 @@
         const k = Math.max(1, Math.ceil(384 / Math.max(D.size[0], D.size[1])));
         $("map").width = D.size[1] * k;
         $("map").height = D.size[0] * k;
-        if (player.attention) {
-          const f = Math.max(1, Math.floor(192 / Math.max(D.size[0], D.size[1])));
-          player.attention.width = D.size[1] * f;
-          player.attention.height = D.size[0] * f;
+        if (player.attention) { // the panel's size: a small picture by a whole factor, a large one down to 192
+          const longer = Math.max(D.size[0], D.size[1]);
+          const f = longer <= 192 ? Math.floor(192 / longer) : 192 / longer;
+          player.attention.width = Math.round(D.size[1] * f);
+          player.attention.height = Math.round(D.size[0] * f);
         }
       })
     );
@@ -426,7 +427,7 @@
     }
     hctx.putImageData(img, 0, 0);
     const { width, height } = ctx.canvas;
-    ctx.imageSmoothingEnabled = false;
+    ctx.imageSmoothingEnabled = width < ex.picture.naturalWidth; // blocky pixels when enlarged, smooth when reduced
     ctx.globalAlpha = 1;
     ctx.drawImage(ex.picture, 0, 0, width, height);
     ctx.imageSmoothingEnabled = true;
@@ -448,10 +449,16 @@
       ctx.globalAlpha = 1;
       return;
     }
-    const cols = entries().find((e) => e.name === ex.entry).columns;
-    const m = computeMaps([cols], { lo: i, hi: i, where: "all", head: "mean" })[0];
-    let lo = Infinity, hi = -Infinity;
-    for (let k = 0; k < m.length; k++) { lo = Math.min(lo, m[k]); hi = Math.max(hi, m[k]); }
+    const key = JSON.stringify([ex.tokens, ex.entry, i]);
+    if (!player.stepMaps.has(key)) {
+      if (player.stepMaps.size > 4 * A.steps.length) player.stepMaps.clear();
+      const cols = entries().find((e) => e.name === ex.entry).columns;
+      const m = computeMaps([cols], { lo: i, hi: i, where: "all", head: "mean" })[0];
+      let lo = Infinity, hi = -Infinity;
+      for (let k = 0; k < m.length; k++) { lo = Math.min(lo, m[k]); hi = Math.max(hi, m[k]); }
+      player.stepMaps.set(key, [m, lo, hi]);
+    }
+    const [m, lo, hi] = player.stepMaps.get(key);
     overlay(ctx, m, lo, hi, 0.55);
   }
 

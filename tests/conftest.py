@@ -97,7 +97,7 @@ def tiny_pipe():
     return _random_pipe(TINY)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pipe(request):
     """The session's pipeline that the test module names with `PIPE = "embedded" | "toy" | "tiny"`."""
     kind = getattr(request.module, "PIPE", "embedded")

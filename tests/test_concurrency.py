@@ -138,7 +138,7 @@ def test_two_pipelines_overlapping_restore_the_compile_stance():
     seen: list[str] = []
 
     def run(p, prompt, seed):
-        with sdviz.trace(p, record=["latents"]) as tr:
+        with sdviz.trace(p, record=["time_embedding", "latents"]) as tr:  # listens at hook points: runs eagerly
             p.generate(prompt, seed=seed, on_step=lambda s: seen.append(_stance()), **SETTINGS)
         assert tr.prompts == [prompt]
 

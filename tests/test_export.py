@@ -23,7 +23,7 @@ from PIL import Image
 
 import sdviz
 from sdviz.cli import main as cli
-from sdviz.tracing.export import ExportSizeError, export, page_data
+from sdviz.tracing.export import ExportSizeError, export, page_data, render
 
 PROMPT = "a large red circle above a small blue square"
 
@@ -54,7 +54,7 @@ def read_page(path) -> dict:
     """The JSON a page embeds."""
     text = path.read_text()
     match = re.search(r'<script type="application/json" id="sdviz-data">(.*?)</script>', text, re.S)
-    return json.loads(match.group(1).replace("<\\/", "</"))
+    return json.loads(match.group(1))
 
 
 def picture(uri: str) -> np.ndarray:
@@ -160,6 +160,10 @@ def test_the_page_is_self_contained(full, tmp_path):
     assert "http://" not in text and "https://" not in text  # no CDN, no link out
     assert not re.search(r"<(script|link|img|iframe)[^>]*\s(src|href)=", text)  # nothing loaded from a file either
     assert len(base64.b64decode(read_page(tmp_path / "run.html")["lut"])) == 768  # the colour map travels along
+    data, _, _ = page_data(full)
+    data["prompt"] = "</script><!-- <script>alert(1)</script>"  # a prompt cannot end the data's script element
+    (tmp_path / "odd.html").write_text(render(data))
+    assert read_page(tmp_path / "odd.html")["prompt"] == data["prompt"]
 
 
 def test_a_trace_without_per_step_records_exports_what_it_has_and_says_what_would_add_the_rest(plain, tmp_path):

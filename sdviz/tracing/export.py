@@ -314,9 +314,10 @@ def page_data(tr: Any, image: int = 0, drop: Iterable[str] = ()) -> tuple[dict, 
 
 
 def render(data: dict) -> str:
-    """The page: the template with the style, the script and the data inlined (`</` escaped inside the JSON)."""
+    """The page: the template with the style, the script and the data inlined (every `<` of the JSON written as
+    \\u003c, so that no prompt can close or comment out the script element that holds it)."""
     page = (ASSETS / "page.html").read_text()
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     title = f"sdviz: {data['prompt']}"
     return (
         page.replace("{{title}}", html.escape(title))

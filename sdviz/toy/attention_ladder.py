@@ -352,6 +352,33 @@ def ladder(
     }
 
 
+FAITH_KEYS = {"sdviz": "sdviz", "DAAM 0.2.0": "daam", "best": "best"}  # table row -> faithfulness record method
+
+
+def faithfulness_summary() -> dict[str, Any] | None:
+    """The faithfulness of each map method (`sdviz.toy.faithfulness`), from its committed record; None without one.
+    It is measured separately from the ladder (its own pictures and ablations), and read here for the column."""
+    from sdviz.toy import faithfulness
+
+    return faithfulness.load()["summary"] if faithfulness.RECORD.is_file() else None
+
+
+def faithfulness_note(faith: dict[str, Any]) -> str:
+    """The line under the table that says what the faithfulness column is."""
+    from sdviz.toy import faithfulness
+
+    data = faithfulness.load()
+    s = data["settings"]
+    return (
+        "\nfaithfulness: median over held-out pictures of the pixel change inside the map's top "
+        f"{100 * s['region']:.0f} % when its word is ablated, divided by the change there when another object word "
+        f"of the prompt is ablated (1 = no better than chance; a map of uniform noise scores "
+        f"{faith['random']['all']['ratio']:.2f}). Measured separately from the ladder (sdviz/toy/faithfulness.json: "
+        f"{len(data['pictures'])} held-out pictures, {s['steps']} {s['sampler']} steps, cfg {s['cfg_scale']:g}, "
+        f"{data['threads']} torch thread)."
+    )
+
+
 def format_ladder(r: dict[str, Any]) -> str:
     """The ladder and the metrics per scene type as Markdown tables (what the README quotes)."""
     s = r["settings"]
@@ -382,18 +409,23 @@ def format_ladder(r: dict[str, Any]) -> str:
         f"recording them adds to a generation ({1000 * r['untraced_generation_cpu_seconds']:.0f} ms untraced; median "
         f"of {s['timing']} pictures per trace plan; CPU time, as the shared machine was loaded).\n"
     )
+    faith = faithfulness_summary()
     print(
-        "| method | scenes | objects | mIoU (per object) | 2-class mIoU (mean threshold) | 2-class at tau | leakage |"
+        "| method | scenes | objects | mIoU (per object) | 2-class mIoU (mean threshold) | 2-class at tau | leakage | "
+        "faithfulness |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, m in (("sdviz", r["sdviz"]), ("DAAM 0.2.0", r["daam"]), ("best", r["best"]["metrics"])):
         for kind, label in (("single", "one object"), ("pair", "two objects")):
             miou = m["single_miou" if kind == "single" else "pair_iou"]
             leak = "-" if kind == "single" else f3(m["leakage"])
+            ratio = faith.get(FAITH_KEYS[name], {}).get(kind, {}).get("ratio") if faith else None
             print(
                 f"| {name} | {label} | {m[f'{kind}_objects']} | {f3(miou)} | {f3(m[f'{kind}_two_class_miou'])} | "
-                f"{f3(m[f'{kind}_two_class_miou_tau'])} | {leak} |"
+                f"{f3(m[f'{kind}_two_class_miou_tau'])} | {leak} | {'-' if ratio is None else f'{ratio:.2f}'} |"
             )
+    if faith:
+        print(faithfulness_note(faith))
     print("\nThree or more objects: the world draws at most two (not measured).")
     g, b = r["goals"], r["best"]["metrics"]
     said = []

@@ -16,6 +16,14 @@ the same run traced with keep=["step"] (the step window), and the embedded model
 decode=True) for the frame times.
 
     .venv/bin/python benchmarks/export_size.py [--threads 1] [--no-browser]
+
+Measured (2 CPU cores shared with a load of 10-30; Debian's Chromium 156, headless, software canvas): the embedded
+model's default page 0.27 MB (with keep=["step"] and decodes 1.48 MB); SD 1.5's shapes 2.31 MB (holds: the 512x512
+picture as WebP, 0.18 MB; x_t, x0, eps and the guidance direction at 64x64 for 50 steps as PNG, 1.75 MB; the
+cross-attention sums of 4 resolutions x 12 token columns, 0.35 MB) and 19.4 MB with keep=["step"] (attention 17.4 MB).
+A frame change, best of 3 per change: a player step median 0.7 ms (embedded) and 1.2 ms (SD 1.5's shapes), max 1.5 ms;
+an explorer word 1.5 / 2.7 ms; a new step window (every word's map again) 2.0 / 8.5 ms. Single changes reach 20-190 ms
+only when the busy machine deschedules the browser.
 """
 
 from __future__ import annotations
@@ -82,22 +90,27 @@ def frame_times(pages: dict[str, Path], work: Path) -> None:
                 return sdvizPage.frameTimes.slice(); }"""
             )
             words = page.eval_on_selector_all("#entries button", "bs => bs.map(b => b.dataset.entry)")
-            explorer = []
-            for lo_hi in ((0, 49), (10, 30)):
-                page.evaluate(
-                    """([lo, hi]) => { for (const [id, v] of [["from", lo], ["to", hi]]) {
-                    const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event("input")); } }""",
-                    list(lo_hi),
-                )
-                for w in words:
-                    page.click(f"#entries button[data-entry='{w}']")
-                    explorer.append(page.evaluate("sdvizPage.state().mapMs"))
-            for what, times in (("player step", player), ("explorer word", explorer)):
+            explorer, window = [], []  # a word clicked (maps cached); a new step window (every word's map again)
+            for _ in range(3):
+                for lo_hi in ((0, 49), (10, 30)):
+                    page.evaluate(
+                        """([lo, hi]) => { for (const [id, v] of [["from", lo], ["to", hi]]) {
+                        const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event("input")); } }""",
+                        list(lo_hi),
+                    )
+                    window.append(page.evaluate("sdvizPage.state().mapMs"))
+                    for w in words:
+                        page.click(f"#entries button[data-entry='{w}']")
+                        explorer.append(page.evaluate("sdvizPage.state().mapMs"))
+            for what, times in (("player step", player), ("explorer word", explorer), ("explorer window", window)):
+                k = len(times) // 3  # the best of the three passes per change: what is left when the machine is busy
+                best = [min(times[i], times[k + i], times[2 * k + i]) for i in range(k)]
                 times = sorted(times)
                 p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
                 print(
                     f"  {name}, {what}: median {statistics.median(times):.2f} ms, 95th percentile {p95:.2f} ms, "
-                    f"max {times[-1]:.2f} ms over {len(times)} changes (goal <= 16 ms)"
+                    f"max {times[-1]:.2f} ms over {len(times)} changes; best of 3 per change: median "
+                    f"{statistics.median(best):.2f} ms, max {max(best):.2f} ms (goal <= 16 ms)"
                 )
             page.close()
 

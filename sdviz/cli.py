@@ -32,6 +32,7 @@ DELEGATED = {
     "evaluate": ("sdviz.toy.evaluate", "measure how well the embedded model follows its prompts"),
     "validate-attention": ("sdviz.toy.validate_attention", "compare attention maps with ground-truth object masks"),
     "sae": ("sdviz.concepts.cli", "sparse autoencoders on UNet activations: collect, train, grade, check causally"),
+    "causal": ("sdviz.toy.causal_tracing", "causal tracing on the toy world, graded by the judge (--quick: few pairs)"),
 }
 
 

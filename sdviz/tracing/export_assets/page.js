@@ -546,12 +546,9 @@
   });
 
   window.sdvizPage = {
-    data: D,
-    show,
-    play,
-    pause,
-    frameTimes,
-    state: () => ({ step: player.step, playing: !!player.timer, entry: ex.entry, pixel: ex.pixel, ranked: ex.ranked, mapMs: ex.lastMs }),
+    data: D, show, play, pause, frameTimes,
+    state: () => ({ step: player.step, playing: !!player.timer, entry: ex.entry, pixel: ex.pixel, ranked: ex.ranked,
+                    mapMs: ex.lastMs }),
     // the map of named entries for a choice: {lo, hi, where: "all" | "grid:16x16" | "key:NAME", head: "mean" | h}
     maps: (names, sel, tokens) => {
       const list = tokens ? A.tokens : A.words;

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar, in notebooks too: a closed notebook bar's widget is gone after a page reload
 
 from sdviz.events import GenerationInfo, GenerationResult, Scope, StepInfo, UNetCall, unet_call
 from sdviz.hooks import hook_points
@@ -313,7 +313,9 @@ class StableDiffusion:
             sampler: "ddpm", "ddim", "euler", "euler_a", "pndm", "dpmpp_2m", "unipc", or a Sampler instance.
             seed: an int (image i uses seed + i), a list of ints, or None for a random one. Any integral number
                 (a numpy integer too) is accepted.
-            height, width: in pixels, multiples of 8; default the model's image size (or the input image's).
+            height: in pixels, a multiple of 8; default the model's image size (or the input image's; an input
+                image of another size is resized, with its mask, and a warning says so).
+            width: likewise.
             latents: initial noise (B, 4, h, w) to use instead of drawing it from the seed (text-to-image).
             eta: DDIM's stochasticity (0 = deterministic); only the "ddim" sampler has it.
             use_karras_sigmas: Karras et al.'s noise levels; an option of "dpmpp_2m" and "unipc" only.
@@ -401,7 +403,7 @@ class StableDiffusion:
         finite: list[Tensor] = []  # per step: are x_{t-1}'s values all finite? (on the device; read at the end only)
 
         # 3. the denoising loop
-        for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress, leave=False)):
+        for i, t in enumerate(tqdm(timesteps, desc="denoising", disable=not progress)):  # text: no widget to lose
             x_in = sampler.scale_model_input(x, t)  # Euler: x / sqrt(sigma^2 + 1)
             u = uncond if null_embeddings is None else null_embeddings[i].to(uncond).expand(b, -1, -1)  # (B, 77, D)
             eps_cond, eps_uncond = self.predict_noise(x_in, t, context, u, info=info, step=i)

@@ -180,3 +180,37 @@ def test_pixels_are_labelled_by_the_concepts_of_the_objects_that_cover_them():
     assert ((red == 1) == (covered >= 0.5)).all() and ((red == 0) == (covered == 0)).all()
     assert (labels[ALL_CONCEPTS.index("green")] == 0).all()
     assert picture_objects(scene.image, "a green triangle") is None  # not what the picture holds: not graded
+
+
+def test_concept_prompts_name_the_concept_or_not_and_the_judge_reads_the_target():
+    from sdviz.concepts.measure import concept_prompts, object_concepts, target_ok
+    from sdviz.toy import judge, world
+
+    for concept in ("red", "circle", "large", "left", "above", "two objects"):
+        named = concept_prompts(concept, 5)
+        assert len(set(named)) == 5
+        assert all(any(concept in c for c in object_concepts(world.parse_caption(p))) for p, _ in named)
+        assert not any(any(concept in c for c in object_concepts(world.parse_caption(p)))
+                       for p, _ in concept_prompts(concept, 5, name_it=False))
+    scene = world.scene_from_spec("a large red circle above a small blue square", seed=3)
+    verdict = judge.judge(scene.image, scene.caption)
+    assert target_ok(verdict, "red") == [True] and target_ok(verdict, "square") == [True]
+    assert target_ok(verdict, "below") == [True] and target_ok(verdict, "green") == []
+    swapped = judge.judge(scene.image, "a large blue circle above a small red square")
+    assert target_ok(swapped, "red") == [True] and target_ok(swapped, "square") == [False]  # red found, not square
+    with pytest.raises(ValueError, match="concept: 'pink' is not a world concept"):
+        concept_prompts("pink", 2)
+
+
+def test_ablation_and_steering_report_what_they_measured(embedded_pipe):
+    from sdviz.concepts.collect import model_fingerprint
+    from sdviz.concepts.measure import ablation_effect, steering_rate
+
+    sae = SAE(96, 192, 8, point=POINTS[0], model=model_fingerprint(embedded_pipe))
+    quick = CollectSettings(steps=2)
+    r = ablation_effect(embedded_pipe, sae, "red", 3, quick, n=1, control=[("a blue square", 1)])
+    assert r["prompts"] == {"target": 1, "control": 1} and r["edit"] == "ablate"
+    assert set(r["control_moved_points"]) == {"colour", "shape", "position", "count", "correct"}
+    assert r["passes"] == (r["target_drop_points"] >= 50 and max(map(abs, r["control_moved_points"].values())) <= 5)
+    s = steering_rate(embedded_pipe, sae, 3, 4, quick, amount=2.0, n=2)
+    assert s["n"] == 2 and 0 <= s["blue_circle_rate"] <= s["red_gone_rate"] <= 1

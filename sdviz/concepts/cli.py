@@ -3,6 +3,9 @@
     sdviz sae collect runs/sae/train --pairs 240 --split train --budget-mb 500 --threads 1
     sdviz sae collect runs/sae/held_out --pairs 100 --split held_out --budget-mb 300 --threads 1
     sdviz sae train runs/sae/train runs/sae/up0 --point unet.up_blocks.0.attentions.1.hook_block_out
+    sdviz sae grade runs/sae/up0 --select runs/sae/train --test runs/sae/held_out
+    sdviz sae causal runs/sae/up0 --collection runs/sae/held_out --splice 40 --concepts red,blue,circle --steer 1
+    sdviz sae ship runs/sae/up0 runs/sae/up1 --train runs/sae/train --held-out runs/sae/held_out
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -61,6 +65,77 @@ def _train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _grade(a: argparse.Namespace) -> int:
+    from sdviz.concepts.collect import Activations
+    from sdviz.concepts.grade import grade
+    from sdviz.concepts.sae import SAE, measure
+
+    sae = SAE.load(Path(a.run) / "sae.safetensors")
+    test = Activations(a.test)
+    report = grade(sae, Activations(a.select), test)
+    report["held_out"] = measure(sae, test.load(sae.point)["x"].float())  # reconstruction on held-out pictures
+    (Path(a.run) / "grade.json").write_text(json.dumps(report, indent=1) + "\n")
+    for row in report["table"]:
+        print(f"{row['concept']:>12} feature {row['feature']:>5}  AUROC {row['auroc']:.3f}  on at {row['switches_on']}")
+    print(f"share >= 0.95: {report['share_at_0.95']}; held out: {report['held_out']}")
+    return 0
+
+
+def _causal(a: argparse.Namespace) -> int:
+    from sdviz.concepts.collect import Activations, CollectSettings
+    from sdviz.concepts.measure import ablation_effect, splice_effect, steering_rate
+    from sdviz.concepts.sae import SAE
+    from sdviz.pipeline import load_pipeline
+    from sdviz.toy import judge
+
+    run = Path(a.run)
+    sae = SAE.load(run / "sae.safetensors")
+    pipe = load_pipeline(a.model)
+    acts = Activations(a.collection)
+    settings = CollectSettings(**acts.record["settings"])
+    rows = {r["concept"]: r for r in json.loads((run / "grade.json").read_text())["table"]}
+    path = run / "causal.json"
+    report = json.loads(path.read_text()) if path.exists() else {"settings": acts.record["settings"]}
+
+    def save() -> None:
+        path.write_text(json.dumps(report, indent=1) + "\n")
+
+    if a.splice and "splice" not in report:
+        pairs = acts.pairs[: a.splice]
+        base = [judge.judge(im.numpy(), p) for im, (p, _) in zip(acts.pictures()[: a.splice], pairs, strict=True)]
+        report["splice"] = splice_effect(pipe, sae, pairs, settings, base)
+        save()
+        print("splice", report["splice"])
+    for gain in a.steer or []:
+        key = f"swap {gain:g}"
+        if key not in report.get("steering", {}):
+            red, blue = rows["red"]["feature"], rows["blue"]["feature"]
+            report.setdefault("steering", {})[key] = steering_rate(pipe, sae, red, blue, settings, "swap", gain, a.n)
+            save()
+            print(key, report["steering"][key])
+    cache: dict = {}
+    control = world_pairs(a.control, "train", seed=7)  # one pool of control prompts, filtered per concept
+    for concept in a.concepts.split(",") if a.concepts else []:
+        for clamp in [None, *([-a.clamp * rows[concept]["activation"]] if a.clamp else [])]:
+            key = f"{concept} {'ablate' if clamp is None else 'clamp'}"
+            if key in report.get("ablation", {}):
+                continue
+            feature = rows[concept]["feature"]
+            result = ablation_effect(pipe, sae, concept, feature, settings, a.n, clamp, control, cache)
+            report.setdefault("ablation", {})[key] = result
+            save()
+            print(key, {k: result[k] for k in ("target_before", "target_after", "control_moved_points", "passes")})
+    return 0
+
+
+def _ship(a: argparse.Namespace) -> int:
+    from sdviz.concepts.card import SHIPPED, ship
+
+    record = ship(a.runs, a.train, a.held_out, a.out or SHIPPED)
+    print(f"shipped {', '.join(record['saes'])} to {a.out or SHIPPED}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sdviz sae", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -90,6 +165,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--quick", action="store_true", help="a few seconds' run (tests)")
     t.add_argument("--threads", type=int, default=None)
     t.set_defaults(func=_train)
+    g = sub.add_parser("grade", help="each world concept's best feature and its AUROC (writes RUN/grade.json)")
+    g.add_argument("run", help="a training run folder (holds sae.safetensors)")
+    g.add_argument("--select", required=True, help="the collection the best features are chosen on")
+    g.add_argument("--test", required=True, help="the held-out collection they are measured on")
+    g.add_argument("--threads", type=int, default=None)
+    g.set_defaults(func=_grade)
+    k = sub.add_parser("causal", help="splice, ablate, clamp and steer with the judge (writes RUN/causal.json)")
+    k.add_argument("run")
+    k.add_argument("--collection", required=True, help="the held-out collection (its settings and first pairs)")
+    k.add_argument("--model", default=None)
+    k.add_argument("--splice", type=int, default=0, help="splice the reconstruction into the first N pairs")
+    k.add_argument("--concepts", default="", help="comma-separated concepts to ablate, e.g. red,blue,circle")
+    k.add_argument("--clamp", type=float, default=0.0, help="also clamp at -CLAMP x the feature's activation")
+    k.add_argument("--steer", type=float, action="append", help="swap red for blue with this gain (repeatable)")
+    k.add_argument("--n", type=int, default=8, help="prompts per concept (and per steering run)")
+    k.add_argument("--control", type=int, default=16, help="control prompts (those naming the concept left out)")
+    k.add_argument("--threads", type=int, default=None)
+    k.set_defaults(func=_causal)
+    s = sub.add_parser("ship", help="copy graded runs to sdviz/toy/sae with sae_record.json and SAE_CARD.md")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--train", required=True)
+    s.add_argument("--held-out", required=True)
+    s.add_argument("--out", default=None)
+    s.set_defaults(func=_ship)
     a = p.parse_args(argv)
     if a.threads:
         import torch

@@ -140,7 +140,8 @@ class Graded:
         pair, pos = rows["pair"].numpy()[keep], rows["pos"].numpy()[keep].astype(np.int64)
         self.step = rows["step"].numpy()[keep]
         self.labels = np.stack([labels[int(p)][:, q] for p, q in zip(pair, pos, strict=True)], axis=1)  # (C, M)
-        self.idx, self.val = sparse_codes(sae, rows["x"][torch.from_numpy(keep)])
+        self.x = rows["x"][torch.from_numpy(keep)]  # (M, d) float16: the activations themselves
+        self.idx, self.val = sparse_codes(sae, self.x)
         self.sae, self.n_pictures = sae, len(per_pair)
 
     def column(self, feature: int) -> np.ndarray:
@@ -156,10 +157,32 @@ class Graded:
             out[c] = (f, float(scores[f]) if f >= 0 else float("nan"))
         return out
 
+    def typical(self, concept: str, feature: int) -> float:
+        """The feature's mean activation where it fires on the concept's pixels (the unit of a clamp or a push)."""
+        col = self.column(feature)[self.labels[ALL_CONCEPTS.index(concept)] == 1]
+        return float(col[col > 0].mean()) if (col > 0).any() else 0.0
+
     def auroc(self, concept: str, feature: int, steps: Sequence[int] | None = None) -> float:
         labels = self.labels[ALL_CONCEPTS.index(concept)]
         keep = labels >= 0 if steps is None else (labels >= 0) & np.isin(self.step, list(steps))
         return auroc(self.column(feature)[keep], labels[keep] == 1)
+
+
+def channel_baseline(select: Graded, test: Graded, steps: Sequence[int]) -> dict[str, dict[str, float]]:
+    """The baseline an SAE feature should beat: each concept's best single *channel* of the activation (either sign,
+    chosen on `select`, measured on `test` at `steps`: the same pixels and steps as the features)."""
+    out = {}
+    xs, xt = select.x.float().numpy(), test.x.float().numpy()
+    late = np.isin(test.step, list(steps))
+    for i, c in enumerate(ALL_CONCEPTS):
+        ls, lt = select.labels[i], test.labels[i]
+        ms, mt = ls >= 0, (lt >= 0) & late
+        scores = [auroc(xs[ms, j], ls[ms] == 1) for j in range(xs.shape[1])]
+        signed = [max(a, 1 - a) for a in scores]
+        j = int(np.nanargmax(signed))
+        sign = 1.0 if scores[j] >= 0.5 else -1.0
+        out[c] = {"channel": j, "sign": sign, "auroc": round(auroc(sign * xt[mt, j], lt[mt] == 1), 4)}
+    return out
 
 
 def grade(
@@ -173,17 +196,27 @@ def grade(
     select = Graded(select_on, sae, late)
     chosen = select.best_features()
     test = Graded(test_on, sae)
+    channels = channel_baseline(select, test, late)
     table = []
     for kind, names in CONCEPTS.items():
         for c in names:
             f, select_auc = chosen[c]
             per_step = [test.auroc(c, f, [s]) for s in kept] if f >= 0 else [float("nan")] * len(kept)
             on = next((s for j, s in enumerate(kept) if all(a >= on_at for a in per_step[j:])), None)
-            table.append({
-                "concept": c, "kind": kind, "feature": f, "auroc_select": round(select_auc, 4),
-                "auroc": round(test.auroc(c, f, late), 4) if f >= 0 else float("nan"),
-                "per_step": [round(a, 3) for a in per_step], "switches_on": on,
-            })
+            table.append(  # auroc: on `test_on` over the late steps; activation: its mean where it fires on c
+                {
+                    "concept": c,
+                    "kind": kind,
+                    "feature": f,
+                    "auroc_select": round(select_auc, 4),
+                    "auroc": round(test.auroc(c, f, late), 4) if f >= 0 else float("nan"),
+                    "per_step": [round(a, 3) for a in per_step],
+                    "switches_on": on,
+                    "activation": round(test.typical(c, f), 4) if f >= 0 else 0.0,
+                    "channel": channels[c]["channel"],
+                    "channel_auroc": channels[c]["auroc"],
+                }
+            )
     good = [r for r in table if r["auroc"] >= 0.95]
     return {
         "point": sae.point,

@@ -10,6 +10,7 @@ features and d_i the unit direction of feature i (times the SAE's scale):
     ablate i      x <- x - z_i d_i                         feature i's part removed, the rest (and the error) kept
     clamp i to v  x <- x + (v - z_i) d_i                   feature i forced to v (v < 0 pushes against it)
     add i by a    x <- x + a d_i                           steering: feature i added everywhere, a in its own units
+    swap i -> j   x <- x - z_i d_i + g z_i d_j             steering where i fires: j put in its place (gain g)
 
     with intervene(pipe, sae, ablate=[17]):
         picture = pipe.generate("a red circle", seed=1, steps=20, cfg_scale=5, sampler="ddim").image
@@ -36,6 +37,8 @@ def edit_rows(
     ablate: Sequence[int] = (),
     clamp: dict[int, float] | None = None,
     add: dict[int, float] | None = None,
+    swap: dict[int, int] | None = None,
+    gain: float = 1.0,
 ) -> Tensor:
     """The edited activation rows (N, d) -> (N, d), as the module docstring describes."""
     x_hat, z = sae(x.float())
@@ -49,6 +52,8 @@ def edit_rows(
         out = out + (value - z[:, i : i + 1]) * sae.direction(i)
     for i, amount in (add or {}).items():
         out = out + amount * sae.direction(i)
+    for i, j in (swap or {}).items():
+        out = out + z[:, i : i + 1] * (gain * sae.direction(j) - sae.direction(i))
     return out.to(x.dtype)
 
 
@@ -60,6 +65,8 @@ def intervene(
     ablate: Sequence[int] = (),
     clamp: dict[int, float] | None = None,
     add: dict[int, float] | None = None,
+    swap: dict[int, int] | None = None,
+    gain: float = 1.0,
     steps: Sequence[int] | None = None,
     point: str | None = None,
 ) -> Iterator[SAE]:
@@ -68,7 +75,7 @@ def intervene(
     The SAE must have been trained on this model and hook point (a one-line error otherwise), and every feature
     index must exist (an error lists the valid range)."""
     point = sae.check_pipe(pipe, point)
-    for i in [*ablate, *(clamp or {}), *(add or {})]:
+    for i in [*ablate, *(clamp or {}), *(add or {}), *(swap or {}), *(swap or {}).values()]:
         sae.check_feature(i)
     wanted = None if steps is None else set(steps)
 
@@ -80,7 +87,7 @@ def intervene(
         rows = call.cond_rows
         cond = x[rows].permute(0, 2, 3, 1).reshape(-1, c)  # (B', C, H, W) -> (B'*H*W, C)
         with torch.no_grad():
-            edited = edit_rows(sae, cond, splice, ablate, clamp, add)
+            edited = edit_rows(sae, cond, splice, ablate, clamp, add, swap, gain)
         out = x.clone()
         out[rows] = edited.reshape(-1, h, w, c).permute(0, 3, 1, 2)  # (B'*H*W, C) -> (B', C, H, W)
         return out

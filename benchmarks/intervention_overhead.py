@@ -18,6 +18,7 @@ import torch
 import sdviz
 from sdviz.causal import AblateBlock, AblateCrossAttention, AblateHead, AblateWord, Patch, PatchText, intervene, record
 
+MID = "unet.mid_block.attentions.0.hook_block_out"
 CLEAN, CORRUPT = "a large red circle above a small blue square", "a large green circle above a small blue square"
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = sdviz.load_pipeline()
     kw = dict(seed=1, steps=args.steps, sampler="ddim", cfg_scale=5.0, progress=False)
-    clean = record(pipe, CLEAN, hooks="unet.*.hook_block_out", **kw)
+    clean = record(pipe, CLEAN, hooks=MID, **kw)
     clean_all = record(pipe, CLEAN, **kw)
     modes = {
         "plain": lambda: [],
@@ -39,7 +40,7 @@ def main() -> None:
         "AblateHead 0, every cross-attention layer": lambda: [AblateHead(None, 0)],
         "AblateCrossAttention, every layer": lambda: [AblateCrossAttention()],
         "AblateBlock mid, every step": lambda: [AblateBlock("unet.mid_block")],
-        "Patch a block, first half of the steps": lambda: [Patch(clean, "unet.mid_block", steps=0.5)],
+        "Patch a block, first half of the steps": lambda: [Patch(clean, MID, steps=0.5)],
         "Patch every UNet hook point, every step": lambda: [Patch(clean_all)],
         "PatchText layer 0, colour token": lambda: [PatchText(CLEAN, CORRUPT, 0, [3])],
     }

@@ -373,7 +373,10 @@ def faithfulness_note(faith: dict[str, Any]) -> str:
         "\nfaithfulness: median over held-out pictures of the pixel change inside the map's top "
         f"{100 * s['region']:.0f} % when its word is ablated, divided by the change there when another object word "
         f"of the prompt is ablated (1 = no better than chance; a map of uniform noise scores "
-        f"{faith['random']['all']['ratio']:.2f}). Measured separately from the ladder (sdviz/toy/faithfulness.json: "
+        f"{faith['random']['all']['ratio']:.2f}; in a one-object scene both words cause the same object, so ratios "
+        "near 1 are expected there). The share of the ablation's pixel change that lies in the map's top 10 %: "
+        + ", ".join(f"{k} {v['all']['deletion'][data['fractions'].index(0.1)]:.2f}" for k, v in faith.items())
+        + ". Measured separately from the ladder (sdviz/toy/faithfulness.json: "
         f"{len(data['pictures'])} held-out pictures, {s['steps']} {s['sampler']} steps, cfg {s['cfg_scale']:g}, "
         f"{data['threads']} torch thread)."
     )

@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--out", default=None)
     s.set_defaults(func=_ship)
     a = p.parse_args(argv)
-    if a.threads:
+    if getattr(a, "threads", None):
         import torch
 
         torch.set_num_threads(a.threads)

@@ -240,7 +240,7 @@ def test_reweight_widget_regenerates_and_figures_draw(pipe):
         sdviz.editing.reweight_widget  # noqa: B018  (it moved to the widgets; the old name says where)
 
     box = reweight_widget(pipe, PROMPT, "red", steps=4)
-    slider, _, picture = box.children
+    slider, picture = box.slider, box.picture
     first = picture.value
     slider.value = 3.0  # what a move of the slider does
     assert picture.value[:4] == b"\x89PNG" and picture.value != first

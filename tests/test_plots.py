@@ -100,7 +100,9 @@ def test_the_overlay_shows_each_word_map_on_one_scale_or_each_on_its_own(traced)
         assert len(panels) == len(words) + 1
         tops = []
         for ax, w in zip(panels[1:], words, strict=True):
-            heat = ax.images[1]
+            (heat,) = ax.images  # the map alone, beside the picture: not blended over it
+            assert heat.get_cmap().name == style.HEAT == "magma" and heat.get_alpha() is None
+            assert ax.collections  # the outlines of the picture's objects (a contour of its object mask)
             expected = tr.word_map(w).numpy() if scale == "shared" else style.normalise(tr.word_map(w))
             np.testing.assert_allclose(np.asarray(heat.get_array()), expected, rtol=1e-6)
             assert ax.get_title() == f'"{w}"\nmax {float(tr.word_map(w).max()):.3f}'
@@ -117,27 +119,35 @@ def test_the_overlay_draws_the_word_maps_of_the_method_it_is_given(traced):
     from sdviz.tracing.aggregate import SDVIZ
 
     _, tr = traced
-    method = SDVIZ.with_(renormalise=True, steps=(0.5, 1.0))  # what this trace (keep=["step"]) can give
+    method = SDVIZ.with_(renormalise=True, window=(0.5, 1.0))  # what this trace (keep=["step"]) can give
     fig = plots.attention_overlay(tr, words=["red", "circle"], method=method, scale="panel")
     for ax, w in zip([ax for ax in fig.axes if ax.images][1:], ["red", "circle"], strict=True):
         expected = style.normalise(tr.word_map(w, method=method))
         assert not np.allclose(expected, style.normalise(tr.word_map(w)))  # a different map from the default's
-        np.testing.assert_allclose(np.asarray(ax.images[1].get_array()), expected, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), expected, rtol=1e-6)
     with pytest.raises(KeyError, match="layer"):  # DAAM reads every (layer, head): this trace summed them
         plots.attention_overlay(tr, method="daam")
 
 
 def test_the_time_embedding_shows_no_pattern_that_is_not_there():
-    """Rows too fast for the panel's width are greyed (they would alias into moire), and the cos and sin halves are
-    two curves each, not one line that joins the last cos dimension to the first sin one."""
+    """Rows too fast for the panel's width are greyed (they would alias into moire), and the similarity panel is the
+    cosine similarity of every pair of timesteps' embeddings."""
     pipe = load_pipeline()
     fig = plots.time_embedding_figure(pipe, compare=(999, 20))
     full = next(ax for ax in fig.axes if ax.images and "sinusoidal" in ax.get_title())
     mask = np.ma.getmaskarray(full.images[0].get_array())
     half = pipe.unet.config.model_channels // 2
     assert mask[0].all() and mask[half].all() and not mask[half - 1].any()  # the fastest of each half is greyed
-    curves = next(ax for ax in fig.axes if ax.get_title() == "the embedding of two timesteps")
-    assert len(curves.lines) == 4 and all(len(line.get_xdata()) == half for line in curves.lines)
+    from sdviz.tracing.preview import time_embeddings
+
+    t, sin, _ = (x.numpy() for x in time_embeddings(pipe.unet, None))
+    similarity = next(ax for ax in fig.axes if ax.get_title().startswith("cosine similarity, sinusoidal"))
+    sim = np.asarray(similarity.images[0].get_array())  # (T, T): every pair of timesteps
+    u = sin / np.linalg.norm(sin, axis=1, keepdims=True)
+    assert sim.shape == (len(t), len(t)) and np.allclose(np.diag(sim), 1, atol=1e-5)
+    assert np.isclose(sim[999, 20], float(u[999] @ u[20]), atol=1e-5)
+    assert f"cos(t=999, t=20) = {sim[999, 20]:.2f}" in similarity.get_title()
+    assert np.allclose(sim[100, 130], sim[500, 530], atol=1e-4)  # the sinusoids' similarity depends on t - t' only
 
 
 def _write_log(folder: Path, stage: str, columns: dict[str, list[float]]) -> None:
@@ -170,6 +180,15 @@ def test_the_training_figure_draws_a_run_folders_logs(tmp_path):
     assert len(fig.axes[2].lines) == len(fig.axes[3].lines) == 3  # logged, moving average, unweighted mse
     shipped = plots.training_losses_figure()  # the embedded model: 1500 VAE steps, switch at 1350
     assert any(list(line.get_xdata()) == [1350, 1350] for line in shipped.axes[0].lines)
+
+
+def test_the_objects_outlines_follow_the_pictures_shapes():
+    picture = np.full((16, 16, 3), 25, np.uint8)  # the toy world's dark ground
+    picture[4:9, 5:11] = (230, 40, 40)  # a red rectangle
+    mask = style.object_mask(picture)
+    assert mask.sum() == 5 * 6 and mask[4:9, 5:11].all()
+    line = style.outline(mask)
+    assert line.sum() == 2 * 5 + 2 * 6 - 4 and not line[5:8, 6:10].any()  # the rectangle's border, not its inside
 
 
 def test_readable_layer_names():

@@ -77,16 +77,18 @@ STEPS = 5
 
 
 @pytest.fixture(scope="module")
-def tr(pipe):
+def tr(embedded_pipe):
     """Everything kept apart: per step, per layer, per head; and every step's x0 decoded."""
+    pipe = embedded_pipe  # (a module fixture: the function-scoped `pipe` cannot serve it)
     with trace(pipe, record=["cross_attention", "latents"], keep=["step", "layer", "head"], decode=True) as t:
         pipe.generate(PROMPT, seed=1, steps=STEPS, cfg_scale=5.0, sampler="ddim", progress=False)
     return t
 
 
 @pytest.fixture(scope="module")
-def summed(pipe):
+def summed(embedded_pipe):
     """The default reduction: cross-attention summed over steps, layers of a resolution and heads; no latents."""
+    pipe = embedded_pipe
     with trace(pipe, record=["cross_attention"]) as t:
         pipe.generate(PROMPT, seed=1, steps=2, cfg_scale=5.0, sampler="ddim", progress=False)
     return t
@@ -123,7 +125,8 @@ def test_the_readout_gives_the_schedules_numbers(tr):
     t = tr.timesteps[2]
     s = NoiseSchedule()
     p.slider.value = 2
-    assert f"alpha_bar_t = {float(s.alphas_cumprod[t]):.4g}" in p.readout.value
+    assert f"ᾱ_t = {float(s.alphas_cumprod[t]):.4g}" in p.readout.value
+    assert f"σ_t = {float(s.sigmas[t]):.4g}" in p.readout.value
     assert f"SNR = {float(s.snr[t]):.4g}" in p.readout.value
     assert not np.array_equal(pixels(p.frames[0]["schedule"]), pixels(p.frames[2]["schedule"]))  # the marker moved
 
@@ -143,6 +146,21 @@ def test_the_players_attention_panel_needs_per_step_maps(pipe):
         player(t, word="circle")
 
 
+def test_the_players_word_picker_starts_on_a_noun_and_moves_the_attention_panel(tr):
+    p = player(tr, animation=False)
+    assert p.word == "circle" and p.word_picker.value == "circle"
+    assert "square" in p.word_picker.options and "a" not in p.word_picker.options
+    p.slider.value = 3
+    before = p.images["attention"].value
+    p.word_picker.value = "square"
+    assert p.word == "square" and p.images["attention"].value != before
+    assert p.images["attention"].value == p.attention_frames("square")[3] == p.frame(3)["attention"]
+    m = tr.word_map("square", steps=[3], size=tr.image_size).numpy()
+    picture = tr.images_u8[0].permute(1, 2, 0).numpy()
+    lines = F.outlines(picture, F.enlarge(picture, p.size).shape[:2])
+    np.testing.assert_allclose(pixels(p.images["attention"].value), F.attention(m, m.min(), m.max(), lines), atol=2)
+
+
 def test_the_player_shows_a_static_animation_after_the_widget(tr):
     from IPython.core.formatters import format_display_data
 
@@ -159,8 +177,19 @@ def test_the_player_shows_a_static_animation_after_the_widget(tr):
 
 
 def _overlay(ex, m: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    layer = F.resize(F.heat(m, lo, hi), ex.shown_hw)
-    return F.blend(ex.picture, layer, float(ex.alpha.value))
+    """The map as the explorer draws it: magma at lo..hi, at the picture's shown size, the objects' outlines on it."""
+    return F.attention(m, lo, hi, ex.lines)
+
+
+def test_the_explorer_draws_the_map_beside_the_picture_in_magma_with_the_objects_outlines(tr):
+    ex = explorer(tr, word="square", animation=False)
+    assert np.array_equal(pixels(ex.picture_widget.value), ex.picture)  # the picture itself, not blended
+    shown = pixels(ex.image_widget.value)
+    assert shown.shape == ex.picture.shape and ex.lines.any() and not ex.lines.all()
+    assert (shown[ex.lines] == F.OUTLINE_RGB).all()  # the outlines, in cyan
+    magma = F.colormap("magma").astype(int)
+    off = np.abs(shown[~ex.lines][:, None, :].astype(int) - magma[None]).sum(-1).min(1)  # distance to magma's colours
+    assert np.median(off) <= 3 and np.percentile(off, 99) <= 20  # magma (bilinearly resized), not the picture
 
 
 def test_another_word_shows_that_words_map(tr):
@@ -267,6 +296,52 @@ def test_the_studio_generates_live_and_opens_the_player_and_the_explorer(pipe):
     assert s.tabs.children[0] is s.player.widget and s.tabs.children[1] is s.explorer.widget
     assert np.array_equal(pixels(s.picture.value), F.enlarge(np.asarray(s.result.image), s.panel_size))
     assert "error" not in s.status.value and "done" in s.status.value
+
+
+def test_the_studio_shows_placeholders_before_the_first_generate_and_a_static_picture_after(pipe):
+    from IPython.core.formatters import format_display_data
+
+    s = studio(pipe, steps=2)
+    for image in (s.live, s.picture):  # a grey picture, not an empty image (a broken-image icon in the browser)
+        assert (pixels(image.value) == 238).all() and pixels(image.value).shape == (s.panel_size, s.panel_size, 3)
+    before = s.static.png
+    tr = s.generate()
+    summary = pixels(s.static.png)
+    assert s.static.png != before and summary.shape[1] == 3 * s.panel_size + 2 * 4  # x0 at both steps, the picture
+    picture = F.enlarge(tr.images_u8[0].permute(1, 2, 0).numpy(), s.panel_size)
+    assert np.array_equal(summary[-s.panel_size :, -s.panel_size :], picture)
+    data, _ = format_display_data(s.static)
+    assert "data:image/png;base64," in data["text/html"] and "image/png" in data
+
+
+def test_a_prompt_outside_the_vocabulary_is_a_warning_in_the_panel_not_only_in_the_log(pipe):
+    s = studio(pipe, steps=2)
+    s.prompt.value = "an elephant on the moon"
+    with pytest.warns(UserWarning, match="no word this model was trained on"):  # the log still has it
+        assert s.generate() is not None
+    said = html.unescape(s.status.value)
+    assert "done: seed 1" in said and "warning: 'an elephant on the moon': no word this model was trained on" in said
+    s.prompt.value = PROMPT
+    s.generate()
+    assert "warning" not in s.status.value
+
+
+def test_the_reweight_slider_shows_its_picture_at_a_whole_factor_beside_the_slider(pipe):
+    from sdviz.viz.style import SETTINGS
+    from sdviz.viz.widgets import reweight_widget
+    from sdviz.viz.widgets.reweight import HELP
+
+    rw = reweight_widget(pipe, PROMPT, "red", steps=2)
+    a = pixels(rw.picture.value)
+    assert rw.picture.layout.width == f"{a.shape[1]}px"  # shown at its natural size: the browser does not resample
+    plain = np.asarray(pipe.generate(PROMPT, seed=1, progress=False, **{**SETTINGS, "steps": 2}).image)  # weight 1
+    assert plain.shape[0] * 4 == 256 and np.array_equal(a[-256:, :256], F.enlarge(plain, 256))  # 4x, in blocks
+    side = rw.widget.children[-1]
+    assert rw.slider in side.children and "green" in HELP
+    assert any(HELP in c.value for c in side.children if isinstance(c.value, str))  # the help sentence beside it
+    first = rw.picture.value
+    rw.slider.value = 3.0  # what a move of the slider does
+    assert rw.picture.value != first and rw.static.png == rw.picture.value and "x 3" in rw.static.caption
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@
     animate_attention(tr, "circle", "circle.webp")  # needs a trace with keep=["step"]
 
 Every frame is drawn from the trace's numbers with numpy and pillow (`sdviz.viz.widgets.frames`): the noisy latent
-x_t and the predicted clean picture x0 through the fitted linear latent -> RGB map, the VAE's decode of x0 when the
-trace holds it (decode=True), and a word's cross-attention at each step over the final picture. The file's format
+x_t and the predicted clean picture x₀ through the fitted linear latent -> RGB map, the VAE's decode of x₀ when the
+trace holds it (decode=True), and a word's cross-attention at each step beside the final picture, with its objects'
+outlines, on one colour scale for every step. The file's format
 follows its suffix: .gif and .webp are written by pillow; .mp4 by `ffmpeg` if it is on the PATH (otherwise a
 one-line error and nothing written). Files are written atomically and hold no timestamp, so the same trace gives
 the same bytes.
@@ -54,48 +55,73 @@ def _step_caption(tr: Trace, i: int) -> str:
     return f"step {i} / {len(tr.timesteps) - 1}   t = {tr.timesteps[i]}"
 
 
+def _same_size(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Frames padded with white at the bottom and right to the largest one's size (an animation's frames must be
+    equal; a caption that needs two lines makes its frame taller)."""
+    h = max(f.shape[0] for f in frames)
+    w = max(f.shape[1] for f in frames)
+    out = []
+    for f in frames:
+        padded = np.full((h, w, 3), 255, np.uint8)
+        padded[: f.shape[0], : f.shape[1]] = f
+        out.append(padded)
+    return out
+
+
 def denoising_frames(tr: Trace, image: int = 0, size: int = 128, decoded: bool | None = None) -> list[np.ndarray]:
-    """One frame per step, then the result: x_t and the predicted x0 (linear RGB previews) and, when the trace holds
-    it (decode=True; `decoded=False` leaves it out), the VAE's decode of x0, side by side with a caption.
-    The last frame shows the final latent (and the last predicted x0) beside the generated picture."""
+    """One frame per step, then the result: x_t and the predicted x₀ (linear RGB previews) and, when the trace holds
+    it (decode=True; `decoded=False` leaves it out), the VAE's decode of x₀, side by side with a caption.
+    The last frame shows the final latent (and the last predicted x₀) beside the generated picture."""
     from sdviz.viz.widgets.checks import need_latents
 
     rec = need_latents(tr, "the denoising animation")
     with_decode = rec.decoded is not None and decoded is not False
     x_t, x0 = rec.preview("x_t", image=image), rec.preview("x0", image=image)  # (S, h, w, 3) each
     picture = trace_picture(tr, image)
+    bar = max(18, size // 12)  # caption height: readable at every size
     out = []
     for i in range(len(rec.timesteps)):
-        panels = [F.label(F.enlarge(x_t[i], size), "x_t"), F.label(F.enlarge(x0[i], size), "predicted x0")]
+        panels = [F.label(F.enlarge(x_t[i], size), "x_t", bar), F.label(F.enlarge(x0[i], size), "predicted x₀", bar)]
         if with_decode:
             pic = rec.decoded[i, image].permute(1, 2, 0).numpy()
-            panels.append(F.label(F.enlarge(pic, size), "x0, VAE decode"))
-        out.append(F.label(F.hstack(panels), _step_caption(tr, i), height=20))
-    last = [F.label(F.enlarge(rec.preview("final", image=image), size), "final latent")]
+            panels.append(F.label(F.enlarge(pic, size), "x₀, VAE decode", bar))
+        out.append(F.label(F.hstack(panels), _step_caption(tr, i), height=bar + 2))
+    last = [F.label(F.enlarge(rec.preview("final", image=image), size), "final latent", bar)]
     if with_decode:
-        last.append(F.label(F.enlarge(x0[-1], size), "last predicted x0"))
-    last.append(F.label(F.enlarge(picture, size), "the picture"))
-    out.append(F.label(F.hstack(last), "done: the VAE decodes the final latent", height=20))
-    return out
+        last.append(F.label(F.enlarge(x0[-1], size), "last predicted x₀", bar))
+    last.append(F.label(F.enlarge(picture, size), "the picture", bar))
+    out.append(F.label(F.hstack(last), "done: the VAE decodes the final latent", height=bar + 2))
+    return _same_size(out)
 
 
-def attention_frames(tr: Trace, word: str, image: int = 0, size: int = 128, alpha: float = 0.55) -> list[np.ndarray]:
-    """One frame per recorded step: the picture, and `word`'s cross-attention at that step over it (each step's map
-    normalised to its own min..max, DAAM's colour map). Needs a trace recorded with keep=["step"]."""
+def attention_frames(tr: Trace, word: str, image: int = 0, size: int = 128, scale: str = "shared") -> list[np.ndarray]:
+    """One frame per recorded step: the picture, and beside it `word`'s cross-attention at that step in
+    `style.HEAT` with the outlines of the picture's objects. `scale="shared"` (default) puts every step on one
+    colour scale (the lowest to the highest value of any step: a map that forms brightens), "step" each step on its
+    own min..max; a colour bar with its end values is under the map. Needs a trace recorded with keep=["step"]."""
     from sdviz.viz.widgets.checks import need_cross_attention
     from sdviz.viz.widgets.maps import AttentionMaps, map_size
 
+    if scale not in ("shared", "step"):
+        raise AnimationError(f"scale must be 'shared' or 'step', got {scale!r}")
     need_cross_attention(tr, "the attention animation", per_step=True)
     positions = tr.word_positions(word, image)  # a word not in the prompt: one line listing the prompt's words
     picture = trace_picture(tr, image)
     shown = F.enlarge(picture, size)
-    h, w = shown.shape[:2]
+    lines = F.outlines(picture, shown.shape[:2])
+    maps = AttentionMaps(tr, image, map_size(tr.image_size)).per_step(positions)
+    lo = min(float(m.min()) for m in maps.values())
+    hi = max(float(m.max()) for m in maps.values())
+    bar = max(18, size // 12)
     out = []
-    for s, m in AttentionMaps(tr, image, map_size(tr.image_size)).per_step(positions).items():
-        layer = F.resize(F.heat(m, float(m.min()), float(m.max())), (h, w))
-        panels = [F.label(shown, "picture"), F.label(F.blend(shown, layer, alpha), f'"{word}"')]
-        out.append(F.label(F.hstack(panels), _step_caption(tr, s), height=20))
-    return out
+    for s, m in maps.items():
+        a, b = (lo, hi) if scale == "shared" else (float(m.min()), float(m.max()))
+        view = F.label(F.attention(m, a, b, lines), f'"{word}"', bar)
+        view = np.concatenate([view, F.colour_strip(a, b, view.shape[1], bar)], 0)
+        panels = [F.label(shown, "picture", bar), view]
+        what = "one colour scale" if scale == "shared" else "each step on its own scale"
+        out.append(F.label(F.hstack(panels), f"{_step_caption(tr, s)}   ({what})", height=bar + 2))
+    return _same_size(out)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -169,10 +195,10 @@ def animate_denoising(tr: Trace, out: str | Path, image: int = 0, size: int = 12
 
 
 def animate_attention(
-    tr: Trace, word: str, out: str | Path, image: int = 0, size: int = 128, fps: float = 8, alpha: float = 0.55
+    tr: Trace, word: str, out: str | Path, image: int = 0, size: int = 128, fps: float = 8, scale: str = "shared"
 ) -> Path:
     """Write a word's cross-attention over the steps (a trace with keep=["step"]) to `out`."""
-    return write(attention_frames(tr, word, image, size, alpha), out, fps)
+    return write(attention_frames(tr, word, image, size, scale), out, fps)
 
 
 def gif(frames: Sequence[np.ndarray], fps: float = 8) -> bytes:

@@ -1,11 +1,13 @@
 """Figures of a traced generation's attention, each a function that returns a matplotlib `Figure`.
 
-    attention_overlay(tr)        the picture, and one heat map per prompt word laid over it (DAAM's figure)
+    attention_overlay(tr)        the picture, and beside it one map per prompt word with the objects' outlines
     attention_grid(tr)           steps x words: how each word's map forms during denoising (trace with keep=["step"])
     self_attention_figure(tr, layer, pixels)   where a few pixels looked, in one self-attention layer
 
-Cross-attention maps are drawn on one absolute scale by default (`scale="shared"`: attention probability, so a word
-that barely looked anywhere looks faint) or each on its own (`scale="panel"`); `scale_label` says which in words.
+Every map is drawn in `style.HEAT` (magma: dark = little attention, light = much) beside the picture, not blended
+over it, with the outlines of the picture's objects on it (`style.attention_panel`). Cross-attention maps are drawn
+on one absolute scale by default (`scale="shared"`: attention probability, so a word that barely looked anywhere
+looks faint) or each on its own (`scale="panel"`); `scale_label` says which in words.
 The functions build `sdviz.viz.display.Figure`s directly (not through pyplot): no global state, any backend, and a
 notebook shows them as PNG.
 """
@@ -19,7 +21,16 @@ import numpy as np
 import torch
 
 from sdviz.viz.display import Figure  # a matplotlib Figure that notebooks display with or without pyplot
-from sdviz.viz.style import HEAT, default_words, no_ticks, normalise, pick_evenly, short_layer, trace_picture, upsample
+from sdviz.viz.style import (
+    attention_panel,
+    default_words,
+    no_ticks,
+    normalise,
+    pick_evenly,
+    short_layer,
+    trace_picture,
+    upsample,
+)
 
 if TYPE_CHECKING:
     from sdviz.tracing import Trace
@@ -54,12 +65,11 @@ def attention_overlay(
     tr: Trace,
     image: int = 0,
     words: Iterable[str] | None = None,
-    alpha: float = 0.55,
     scale: str = "shared",
     method: Any = None,
     **select: Any,
 ) -> Figure:
-    """The generated picture, then one panel per word: its cross-attention map over the picture.
+    """The generated picture, then one panel per word: its cross-attention map, with the objects' outlines.
 
     `scale="shared"` (default) draws every map on one absolute scale (attention probability, 0 to the highest value
     of any panel), so a word that barely looked anywhere ("above", "small") looks faint; `scale="panel"` stretches
@@ -75,10 +85,8 @@ def attention_overlay(
     axes[0].set_title("image", fontsize=10)
     no_ticks(axes[0])
     for ax, w in zip(axes[1:], words, strict=True):
-        ax.imshow(picture)
-        im = ax.imshow(shown[w], cmap=HEAT, alpha=alpha, vmin=0, vmax=top)
+        im = attention_panel(ax, shown[w], picture, 0, top)
         ax.set_title(f'"{w}"\nmax {float(maps[w].max()):.3f}', fontsize=9.5)
-        no_ticks(ax)
     fig.colorbar(im, ax=axes[-1], fraction=0.046, pad=0.04).set_label(scale_label(tr, scale), fontsize=8)
     how = "one colour scale for all words" if scale == "shared" else "each panel on its own scale"
     fig.suptitle(f"cross-attention per word ({how}): {tr.prompts[image]!r}", fontsize=10)
@@ -101,14 +109,13 @@ def attention_grid(
     image: int = 0,
     n: int = 6,
     scale: str = "shared",
-    alpha: float = 0.6,
     method: Any = None,
     **select: Any,
 ) -> Figure:
     """A grid: one row per step (n of the recorded ones, evenly spread, unless `steps` is given); the first column is
-    the picture the model predicted at that step, then one column per word, its map at that step over the final
-    picture. `scale` and `method` as in `attention_overlay` ("shared": one absolute scale for the whole grid). Needs a
-    trace recorded with keep=["step"]."""
+    the picture the model predicted at that step, then one column per word, its map at that step with the outlines
+    of the final picture's objects. `scale` and `method` as in `attention_overlay` ("shared": one absolute scale for
+    the whole grid). Needs a trace recorded with keep=["step"]."""
     rec = tr.cross_attention
     if "step" not in rec.keep:
         raise ValueError("attention_grid needs per-step maps: trace with sdviz.trace(pipe, keep=['step'])")
@@ -131,17 +138,16 @@ def attention_grid(
         no_ticks(ax)
         ax.set_ylabel(f"step {s}\nt={tr.timesteps[s]}", fontsize=9)
         if r == 0:
-            ax.set_title("predicted x0", fontsize=9.5)
+            ax.set_title("predicted x₀", fontsize=9.5)
         for c, w in enumerate(words, start=1):
             ax = axes[r, c]
-            ax.imshow(picture)
-            im = ax.imshow(shown[r][w], cmap=HEAT, alpha=alpha, vmin=0, vmax=top)
-            no_ticks(ax)
+            im = attention_panel(ax, shown[r][w], picture, 0, top)
             if r == 0:
                 ax.set_title(f'"{w}"', fontsize=10)
     fig.colorbar(im, ax=axes[:, -1], fraction=0.08, pad=0.04, shrink=0.6).set_label(scale_label(tr, scale), fontsize=8)
     how = "one colour scale for the grid" if scale == "shared" else "each panel on its own scale"
-    fig.suptitle(f"cross-attention over the steps ({how}), over the final picture: {tr.prompts[image]!r}", fontsize=10)
+    title = f"cross-attention over the steps ({how}), outlines of the final picture: {tr.prompts[image]!r}"
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -150,7 +156,6 @@ def self_attention_figure(
     layer: str | Sequence[str],
     pixels: Sequence[tuple[float, float]] = ((0.25, 0.25), (0.5, 0.5), (0.75, 0.75)),
     image: int = 0,
-    alpha: float = 0.6,
     **select: Any,
 ) -> Figure:
     """Where a few query pixels looked in one self-attention layer (or one row per layer, for a list). `pixels`
@@ -176,11 +181,9 @@ def self_attention_figure(
         im = None
         for ax, (y, x), m in zip(axes[r, 1:], queries, maps, strict=True):
             up = torch.nn.functional.interpolate(m[None, None], size=size, mode="nearest")[0, 0]
-            ax.imshow(picture)
-            im = ax.imshow(up.numpy(), cmap=HEAT, alpha=alpha, vmin=0, vmax=top)
+            im = attention_panel(ax, up.numpy(), picture, 0, top)
             ax.plot([(x + 0.5) * size[1] / w - 0.5], [(y + 0.5) * size[0] / h - 0.5], "w+", ms=12, mew=2)
             ax.set_title(f"query ({y}, {x}): max {float(m.max()):.3f}", fontsize=8.5)
-            no_ticks(ax)
         bar = fig.colorbar(im, ax=axes[r, -1], fraction=0.05, pad=0.04)
         bar.ax.axhline(1 / (h * w), color="white", lw=1.5)
         bar.set_label(f"probability\n(white line: uniform {1 / (h * w):.4f})", fontsize=7.5)

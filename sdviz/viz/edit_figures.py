@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sdviz.viz.display import Figure
-from sdviz.viz.style import HEAT, SETTINGS, no_ticks, normalise, trace_picture
+from sdviz.viz.style import SETTINGS, attention_panel, no_ticks, normalise, trace_picture
 
 if TYPE_CHECKING:
     from sdviz.pipeline import StableDiffusion
@@ -25,11 +25,9 @@ if TYPE_CHECKING:
 
 
 def _overlay(ax: Any, picture: np.ndarray, heat: np.ndarray, title: str) -> Any:
-    """A word map, normalised to [0, 1], laid over its picture."""
-    ax.imshow(picture)
-    im = ax.imshow(normalise(heat), cmap=HEAT, alpha=0.55, vmin=0, vmax=1)
+    """A word map, normalised to [0, 1], with the outlines of its picture's objects (`style.attention_panel`)."""
+    im = attention_panel(ax, normalise(heat), picture, 0, 1)
     ax.set_title(title, fontsize=9)
-    no_ticks(ax)
     return im
 
 

@@ -195,7 +195,7 @@ def forward_process_figure(
     axes[0, 0].imshow(np.asarray(image), interpolation="nearest")
     axes[0, 0].set_title("the picture", fontsize=9)
     axes[1, 0].axis("off")
-    axes[1, 0].text(0.5, 0.5, "x_t = √ᾱ_t · x_0\n   + √(1−ᾱ_t) · ε\n\nε ~ N(0, I),\none draw for\nevery column",
+    axes[1, 0].text(0.5, 0.5, "x_t = √ᾱ_t · x₀\n   + √(1−ᾱ_t) · ε\n\nε ~ N(0, I),\none draw for\nevery column",
                     ha="center", va="center", fontsize=9, transform=axes[1, 0].transAxes)  # fmt: skip
     no_ticks(axes[0, 0])
     for c, t in enumerate(timesteps, start=1):
@@ -207,7 +207,7 @@ def forward_process_figure(
             no_ticks(axes[r, c])
     axes[0, 1].set_ylabel("latent x_t\n(linear preview)", fontsize=9)
     axes[1, 1].set_ylabel("x_t decoded\nby the VAE", fontsize=9)
-    fig.suptitle("the forward process q(x_t | x_0): noise added in one jump (DDPM eq. 4); more t, less picture",
+    fig.suptitle("the forward process q(x_t | x₀): noise added in one jump (DDPM eq. 4); more t, less picture",
                  fontsize=10)  # fmt: skip
     return fig
 
@@ -223,10 +223,14 @@ def _pil(a: np.ndarray) -> Any:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _heat(ax: Any, m: np.ndarray, size: int, vmax: float, cmap: str = "magma") -> Any:
-    """A (h, w) map upsampled in blocks to size x size, on a fixed colour scale [0, vmax]."""
+def _heat(ax: Any, m: np.ndarray, size: int, vmax: float, cmap: str = "magma", decades: float = 3) -> Any:
+    """A (h, w) map of positive values upsampled in blocks to size x size, on a fixed logarithmic colour scale from
+    vmax / 10^decades to vmax (an error that falls a hundredfold over t stays visible on it)."""
+    from matplotlib.colors import LogNorm
+
     up = m.repeat(size // m.shape[0], 0).repeat(size // m.shape[1], 1)
-    return ax.imshow(up, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+    norm = LogNorm(vmin=vmax / 10**decades, vmax=vmax, clip=True)
+    return ax.imshow(np.maximum(up, vmax / 10**decades), cmap=cmap, norm=norm, interpolation="nearest")
 
 
 @torch.no_grad()
@@ -262,8 +266,8 @@ def training_step_figure(
         err = ((eps_hat - eps) ** 2).mean(1)[0].float().cpu().numpy()  # (h, w): squared error per latent pixel
         rows.append((t, x_t[0], eps_hat[0], err, x0_hat))
     vmax = max(float(r[3].max()) for r in rows)
-    titles = ["training picture x", "z_0 = VAE(x)", "noise ε", "x_t", "UNet's ε̂(x_t, t, caption)", "(ε̂ − ε)²",
-              "implied x̂_0 (decoded)"]  # fmt: skip
+    titles = ["training picture x", "z₀ = VAE(x)", "noise ε", "x_t", "UNet's ε̂(x_t, t, caption)", "(ε̂ − ε)², log",
+              "implied x̂₀ (decoded)"]  # fmt: skip
     n_col = len(titles)
     fig = Figure(figsize=(1.7 * n_col + 4.2, 1.8 * len(rows) + 0.9), layout="constrained")
     grid = fig.add_gridspec(len(rows), n_col + 3)
@@ -277,12 +281,12 @@ def training_step_figure(
         im = _heat(axes[5], err, size, vmax)
         axes[6].imshow(_decode(pipe, x0_hat)[0], interpolation="nearest")
         axes[5].set_xlabel(f"loss = mean = {err.mean():.3f}", fontsize=8)
-        axes[0].set_ylabel(f"t = {t}\n√ᾱ = {float(ab[t]) ** 0.5:.2f}", fontsize=9)
+        axes[0].set_ylabel(f"t = {t}\n√ᾱ_t = {float(ab[t]) ** 0.5:.2f}", fontsize=9)
         for c, ax in enumerate(axes):
             no_ticks(ax)
             if r == 0:
                 ax.set_title(titles[c], fontsize=8.5)
-    fig.colorbar(im, ax=fig.axes[5::n_col], fraction=0.05, pad=0.02, label="squared error")
+    fig.colorbar(im, ax=fig.axes[5::n_col], fraction=0.05, pad=0.02, label="squared error (log scale)")
 
     # the loss over t, averaged over random training scenes
     rng = np.random.default_rng(seed + 1)

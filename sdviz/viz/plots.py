@@ -2,13 +2,13 @@
 
     from sdviz.viz import plots
 
-    plots.attention_overlay(tr)        the picture, and one heat map per prompt word laid over it (DAAM's figure)
+    plots.attention_overlay(tr)        the picture, and beside it one map per prompt word with the objects' outlines
     plots.attention_grid(tr)           steps x words: how each word's map forms (trace with keep=["step"])
     plots.self_attention_figure(tr, layer, pixels)   where a few pixels looked, in one self-attention layer
-    plots.denoising_strip(tr)          x_t and the predicted clean image x0 at a few steps
+    plots.denoising_strip(tr)          x_t and the predicted clean image x₀ at a few steps
     plots.guidance_internals(tr, pipe) classifier-free guidance inside a step
     plots.groupnorm_figure(tr)         group norm's input and output statistics along the UNet and over the steps
-    plots.time_embedding_figure(pipe)  the sinusoidal time embedding (dimension x timestep) and its MLP output
+    plots.time_embedding_figure(pipe)  the sinusoidal time embedding, its MLP output, their cosine similarity over t
     plots.noise_schedule_figure()      beta_t, alpha_bar_t and the signal-to-noise ratio of the training schedule
     plots.guidance_figure(pipe, prompt)            the same seed at several guidance scales
     plots.strength_figure(pipe, image, prompts)    image-to-image at growing strength

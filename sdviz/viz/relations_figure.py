@@ -21,7 +21,7 @@ import numpy as np
 
 from sdviz.viz.attention_figures import scale_label
 from sdviz.viz.display import Figure
-from sdviz.viz.style import HEAT, PROMPT, SETTINGS, no_ticks, trace_picture  # the headline prompt, its settings
+from sdviz.viz.style import PROMPT, SETTINGS, attention_panel, no_ticks, trace_picture  # PROMPT: the headline prompt
 
 if TYPE_CHECKING:
     from sdviz.pipeline import StableDiffusion
@@ -63,12 +63,11 @@ def relations_figure(
     pipe: StableDiffusion | None = None,
     prompt: str = PROMPT,
     seeds: tuple[int, ...] = SEEDS,
-    alpha: float = 0.55,
     **settings: Any,
 ) -> Figure:
-    """One row per seed of `prompt`: the picture, then the cross-attention map of each object word and of the
-    relation word over it (`Trace.word_maps`, every step and layer), on one colour scale for the whole figure, so
-    that a faint map looks faint. Each row says what the judge (`sdviz.toy.judge`) read in the picture."""
+    """One row per seed of `prompt`: the picture, then beside it the cross-attention map of each object word and of
+    the relation word, with the objects' outlines (`Trace.word_maps`, every step and layer), on one colour scale for
+    the whole figure, so that a faint map looks faint. Each row says what the judge (`sdviz.toy.judge`) read."""
     from sdviz.pipeline import load_pipeline
     from sdviz.toy.judge import judge
     from sdviz.tracing import trace
@@ -94,10 +93,8 @@ def relations_figure(
         axes[r, 0].set_ylabel(verdict_label(verdict).replace(" (", "\n("), fontsize=8)
         no_ticks(axes[r, 0])
         for ax, w in zip(axes[r, 1:], words, strict=True):
-            ax.imshow(picture)
-            im = ax.imshow(maps[w], cmap=HEAT, alpha=alpha, vmin=0, vmax=top)
+            im = attention_panel(ax, maps[w], picture, 0, top)
             ax.set_title(f'"{w}"  max {maps[w].max():.3f}', fontsize=9.5)
-            no_ticks(ax)
     bar = fig.colorbar(im, ax=axes[:, -1], fraction=0.08, pad=0.04, shrink=0.7)
     bar.set_label(scale_label(rows[0][1], "shared"), fontsize=8)
     fig.suptitle(

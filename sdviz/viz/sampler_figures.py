@@ -243,7 +243,7 @@ def predictions_figure(
             else:
                 ax.axis("off")
         axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
-    fig.suptitle(f"the clean picture each step predicts (decoded x0), {steps} steps, seed {seed}, cfg {CFG_SCALE:g}: "
+    fig.suptitle(f"the clean picture each step predicts (decoded x₀), {steps} steps, seed {seed}, cfg {CFG_SCALE:g}: "
                  f"{prompt!r}", fontsize=10)  # fmt: skip
     return fig
 

@@ -1,7 +1,7 @@
 """What sdviz's figures share: the README's headline prompt and settings, the colour map of attention, and the small
 drawing helpers that every figure module uses.
 
-    from sdviz.viz.style import PROMPT, SEED, SETTINGS, HEAT, normalise, no_ticks, save
+    from sdviz.viz.style import PROMPT, SEED, SETTINGS, HEAT, normalise, no_ticks, save, attention_panel
 
 Every figure module (`plots` and the topic modules it re-exports, `lessons`, the edit, relation and sampler figures,
 `animate`, the widgets) imports from here, and this file imports none of them: the figures never import the
@@ -31,7 +31,12 @@ PROMPT = "a large red circle above a small blue square"
 SEED = 13
 SETTINGS = {"steps": 50, "cfg_scale": 5.0, "sampler": "ddim"}  # the embedded model's evaluation settings
 
-HEAT = "jet"  # the colour map of every attention figure (DAAM's): it makes the peak of a diffuse map easy to see
+# The colour map of every attention map: perceptually uniform and sequential (dark = little attention, light = much),
+# so brightness alone reads as the value. Maps are drawn beside the picture, not blended over it (a blend mixes the
+# objects' own colours into the scale: a blue square under jet reads as "low attention"); the objects' outlines,
+# found in the picture, are drawn on the map in OUTLINE so that the eye finds where each object is.
+HEAT = "magma"
+OUTLINE = "#00e5ff"  # cyan: on no part of magma's black-purple-orange-yellow ramp
 
 # Words that carry no object to point at: left out of the default overlays (ask for them by name if you like).
 STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "at", "to", "and", "with", "is", "are", "its"})
@@ -117,3 +122,40 @@ def short_layer(layer: str) -> str:
     ):
         s = s.replace(long, short)
     return s
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Attention maps beside the picture, with the objects' outlines
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def object_mask(picture: np.ndarray, threshold: float = 40.0) -> np.ndarray:
+    """Where the picture's objects are: (H, W, 3) uint8 -> (H, W) bool, the pixels whose colour is more than
+    `threshold` levels (RGB distance) from the background's, the median colour of the picture's border. Right for
+    the toy world's shapes on a plain ground; on a busy photograph it marks whatever differs from the border."""
+    a = np.asarray(picture, dtype=np.float32)[..., :3]
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])  # (2H + 2W, 3)
+    return np.linalg.norm(a - np.median(border, 0), axis=-1) > threshold
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary of a mask: (H, W) bool -> (H, W) bool, the mask's pixels with a 4-neighbour outside it."""
+    m = np.pad(mask, 1, constant_values=False)
+    inside = m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]  # all four neighbours in the mask
+    return mask & ~inside
+
+
+def attention_panel(ax: Any, m: np.ndarray, picture: np.ndarray, vmin: float, vmax: float) -> Any:
+    """Draw an attention map (h, w) in HEAT on [vmin, vmax] with the outlines of the picture's objects (its
+    `object_mask`, brought to the map's size) in OUTLINE; no ticks. Returns the image (for a colour bar)."""
+    m = np.asarray(m, dtype=np.float64)
+    im = ax.imshow(m, cmap=HEAT, vmin=vmin, vmax=vmax, interpolation="nearest")
+    mask = object_mask(picture).astype(np.float64)
+    ph, pw = mask.shape
+    h, w = m.shape
+    if mask.any():  # the picture's pixel centres in the map's coordinates, so both line up at any sizes
+        x = (np.arange(pw) + 0.5) * w / pw - 0.5
+        y = (np.arange(ph) + 0.5) * h / ph - 0.5
+        ax.contour(x, y, mask, levels=[0.5], colors=OUTLINE, linewidths=1.0)
+    no_ticks(ax)
+    return im

@@ -3,7 +3,7 @@
     denoising_strip(tr)          x_t and the predicted clean image x0 at a few steps (cheap RGB previews)
     guidance_internals(tr, pipe) classifier-free guidance inside a step: eps_uncond, eps_cond, their difference
     groupnorm_figure(tr)         group norm's input and output statistics along the UNet and over the steps
-    time_embedding_figure(pipe)  the sinusoidal time embedding (dimension x timestep) and its MLP output
+    time_embedding_figure(pipe)  the sinusoidal time embedding, its MLP output, and their cosine similarity over t
     noise_schedule_figure()      beta_t, alpha_bar_t and the signal-to-noise ratio of the training schedule
 
 Each returns a `sdviz.viz.display.Figure`, built directly (not through pyplot): no global state, any backend, and
@@ -47,7 +47,7 @@ def denoising_strip(
     axes = fig.subplots(len(kinds), len(steps) + 1, squeeze=False)
     labels = {
         "x_t": "x_t, the latent\n(linear preview)",
-        "x0": "predicted x0\n(VAE decode)" if use_decoded else "predicted x0\n(linear preview)",
+        "x0": "predicted x₀\n(VAE decode)" if use_decoded else "predicted x₀\n(linear preview)",
         "eps": "guided noise\nprediction ε",
         "eps_cond": "ε given the prompt",
         "eps_uncond": "ε given \"\"",
@@ -277,8 +277,10 @@ def _too_fast(values: np.ndarray, t: np.ndarray, columns: float) -> np.ndarray:
 
 
 def time_embedding_figure(source: Any, timesteps: Sequence[int] | None = None, compare: tuple[int, int] = (999, 20)):
-    """The time embedding: its sinusoids as heat maps (dimension x timestep), the MLP's output, and the two vectors
-    of the timesteps in `compare`.
+    """The time embedding: its sinusoids as heat maps (dimension x timestep), the MLP's output, and how alike the
+    embeddings of two timesteps are (cosine similarity of every pair, before and after the MLP), with the pair in
+    `compare` circled. The sinusoids' similarity depends on t - t' only (cos a cos b + sin a sin b = cos(a - b)):
+    nearby timesteps look alike, far ones do not.
 
     `source` is a trace (its recorded steps) or a pipeline / UNet (every timestep 0..999, or `timesteps`). With
     every timestep, a first panel zooms on t = 0..63, where the fastest dimensions can be seen; on the full range
@@ -299,8 +301,8 @@ def time_embedding_figure(source: Any, timesteps: Sequence[int] | None = None, c
         if timesteps is None:
             zoom = 64
     half = sin.shape[1] // 2
-    ratios = ([0.55] if zoom else []) + [1, 1, 0.8]
-    fig = Figure(figsize=(4.5 * len(ratios) - 0.5 * (zoom is not None), 4.4), layout="constrained")
+    ratios = ([0.55] if zoom else []) + [1, 1, 0.85, 0.95]
+    fig = Figure(figsize=(4.1 * len(ratios) - 0.5 * (zoom is not None), 4.4), layout="constrained")
     axes = list(fig.subplots(1, len(ratios), width_ratios=ratios))
     if zoom:
         ax = axes.pop(0)
@@ -334,16 +336,24 @@ def time_embedding_figure(source: Any, timesteps: Sequence[int] | None = None, c
     axes[1].set_xlabel("timestep t")
     axes[1].set_ylabel("dimension")
     fig.colorbar(im, ax=axes[1])
-    # each half is its own curve over the frequency index: the cos and sin halves are not one line
-    k = np.arange(half)
-    for target, colour in zip(compare, ("tab:red", "tab:blue"), strict=True):
-        i = int(np.abs(t - target).argmin())
-        axes[2].plot(k, sin[i, :half], color=colour, lw=0.9, marker=".", ms=4, label=f"t={t[i]}: cos")
-        axes[2].plot(k, sin[i, half:], color=colour, lw=0.9, ls="--", label=f"t={t[i]}: sin")
-    axes[2].set_title("the embedding of two timesteps", fontsize=10)
-    axes[2].set_xlabel("frequency index i (frequency falls as i grows)")
-    axes[2].legend(fontsize=8, loc="lower right")
+    # how alike two timesteps' embeddings are: cosine similarity of every pair, before and after the MLP
+    for ax, values, what in ((axes[2], sin, "sinusoidal embedding"), (axes[3], mlp, "after the MLP")):
+        sim = _cosine_matrix(values)  # (T, T)
+        extent = [t.min() - 0.5, t.max() + 0.5, t.max() + 0.5, t.min() - 0.5]
+        im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1, extent=extent, interpolation="antialiased")
+        i, j = (int(np.abs(t - target).argmin()) for target in compare)
+        ax.plot([t[j]], [t[i]], "o", mfc="none", mec="black", ms=10, mew=2, clip_on=False)
+        ax.set_title(f"cosine similarity, {what}\ncos(t={t[i]}, t={t[j]}) = {sim[i, j]:.2f} (circled)", fontsize=10)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel("timestep t")
+    fig.colorbar(im, ax=axes[3], label="cosine similarity")
     return fig
+
+
+def _cosine_matrix(v: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every pair of rows: (T, D) -> (T, T)."""
+    u = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return u @ u.T
 
 
 def noise_schedule_figure(schedule: Any = None, timesteps: Sequence[int] | None = None) -> Figure:

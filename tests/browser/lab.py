@@ -10,7 +10,8 @@ What it does, all on this machine (127.0.0.1, no other network):
      JavaScript (`window.jupyterapp`) so that the test can read the notebook's outputs from its model;
   3. opens the notebook in Debian's Chromium (headless, through Playwright, never a downloaded browser), runs every
      cell, then uses the widgets as a person would: presses Play, drags the step slider, clicks a word and a pixel,
-     presses the studio's Generate; and takes screenshots along the way.
+     presses the studio's Generate (with a prompt in and one outside the model's vocabulary), moves the reweight
+     slider, reloads the page (every widget must come back from the kernel); and takes screenshots along the way.
 
 `exercise()` returns what it saw (a `Findings`); the test asserts on it. A browser or server that does not start
 raises `LabError` with one line saying why.
@@ -85,11 +86,21 @@ class Findings:
     play_readouts: list[str] = field(default_factory=list)
     drag: tuple[str, str] = ("", "")  # the x0 image source before and after dragging the slider
     drag_readout: tuple[str, str] = ("", "")
+    player_word: tuple[str, str] = ("", "")  # the player's attention panel before and after picking another word
     word: tuple[str, str] = ("", "")  # the explorer's map source before and after clicking a word
     ranking: str = ""  # the ranking table's text after clicking a pixel
     studio_picture: str = ""  # the studio's picture source after Generate
     studio_status: str = ""
     studio_live_updates: int = 0  # distinct live x0 sources seen while generating
+    studio_broken_before: list[str] = field(default_factory=list)  # broken pictures in the studio before Generate
+    studio_unknown_status: str = ""  # the status after generating a prompt outside the model's vocabulary
+    reweight_sizes: dict[str, float] = field(default_factory=dict)  # the reweight picture: natural and shown size
+    reweight: tuple[str, str] = ("", "")  # the reweight picture's source before and after moving the slider
+    studio_buttons: list[str] = field(default_factory=list)  # the studio's button labels, Guidance tab open
+    clipped_buttons: list[str] = field(default_factory=list)  # buttons whose label does not fit (shown with "…")
+    reload_errors: list[str] = field(default_factory=list)  # widget errors shown after reloading the page
+    reload_widget_views: int = 0  # widget views rendered after reloading the page
+    reload_closed: list[str] = field(default_factory=list)  # widget views whose model the kernel no longer holds
     broken_images: list[str] = field(default_factory=list)  # sdviz pictures the browser could not draw
     console_errors: list[str] = field(default_factory=list)
     screenshots: dict[str, Path] = field(default_factory=dict)
@@ -241,6 +252,39 @@ BROKEN_IMAGES = """() => Array.from(document.querySelectorAll('.jp-OutputArea-ou
   .map(img => img.className || img.alt || img.src.slice(0, 40))"""
 
 
+BROKEN_IN = """(root) => Array.from(document.querySelectorAll(root + ' img'))
+  .filter(img => !img.getAttribute('src') || (img.complete && img.naturalWidth === 0))
+  .map(img => img.className || img.alt || 'img')"""
+
+SIZES = """(selector) => { const img = document.querySelector(selector); if (!img) return {};
+  const r = img.getBoundingClientRect();
+  return {natural_width: img.naturalWidth, natural_height: img.naturalHeight, width: r.width, height: r.height,
+          rendering: getComputedStyle(img).imageRendering}; }"""
+
+VIEW_IDS = """() => { const cells = window.jupyterapp.shell.currentWidget.content.model.cells; const ids = [];
+  for (let i = 0; i < cells.length; i++) { const c = cells.get(i); if (c.type !== 'code') continue;
+    for (const o of c.outputs.toJSON()) { const v = (o.data || {})['application/vnd.jupyter.widget-view+json'];
+      if (v) ids.push(v.model_id); } }
+  return ids; }"""
+
+KERNEL_PRINT = """async (code) => { const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+  let out = ''; const f = k.requestExecute({code: code, store_history: false});
+  f.onIOPub = (msg) => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
+  await f.done; return out; }"""
+
+CLIPPED = """(selector) => Array.from(document.querySelectorAll(selector))
+  .filter(b => b.offsetParent !== null && b.scrollWidth > b.clientWidth + 1).map(b => b.innerText)"""
+
+WIDGET_ERRORS = """() => Array.from(document.querySelectorAll('.jp-OutputArea-output'))
+  .map(o => o.innerText).filter(t => /Error displaying widget|model not found|Failed to load model/.test(t))
+  .map(t => t.slice(0, 120))"""
+
+
+def _cell(page: Any, source: str) -> Any:
+    """The notebook cell whose code contains `source`."""
+    return page.locator(".jp-CodeCell", has=page.locator(".jp-InputArea", has_text=source)).first
+
+
 def _src(page: Any, selector: str) -> str:
     loc = page.locator(selector).first
     return loc.get_attribute("src") or "" if loc.count() else ""
@@ -262,7 +306,7 @@ def _wait_change(page: Any, selector: str, before: str, timeout: float = 20, att
     return before
 
 
-def exercise(work: Path, shots: Path | None = None, run_timeout: float = 240) -> Findings:
+def exercise(work: Path, shots: Path | None = None, run_timeout: float = 300) -> Findings:
     """Run the whole scenario (see the module docstring); screenshots go to `shots` (default work/screenshots)."""
     f = Findings()
     t0 = time.monotonic()
@@ -332,6 +376,11 @@ def exercise(work: Path, shots: Path | None = None, run_timeout: float = 240) ->
             after = _wait_change(page, x0, before)
             f.drag = (before, after)
             f.drag_readout = (readout, _text(page, ".sdviz-readout"))
+            attention = "img.sdviz-player-attention"
+            if page.locator(".sdviz-player-word select").count():  # the attention panel's word picker
+                before = _src(page, attention)
+                page.locator(".sdviz-player-word select").first.select_option("square")
+                f.player_word = (before, _wait_change(page, attention, before))
             shot("player", page, ".sdviz-player")
             f.seconds["player"] = time.monotonic() - t
 
@@ -354,6 +403,8 @@ def exercise(work: Path, shots: Path | None = None, run_timeout: float = 240) ->
             # the studio: Generate
             t = time.monotonic()
             page.locator(".sdviz-studio").first.scroll_into_view_if_needed()
+            f.studio_broken_before = page.evaluate(BROKEN_IN, ".sdviz-studio")
+            shot("studio_before", page, ".sdviz-studio")
             first_picture, first_live = _src(page, "img.sdviz-picture"), _src(page, "img.sdviz-live")
             live: set[str] = set()
             page.locator("button.sdviz-generate").first.click()
@@ -372,9 +423,63 @@ def exercise(work: Path, shots: Path | None = None, run_timeout: float = 240) ->
             f.studio_status = _text(page, ".sdviz-status")
             page.wait_for_timeout(300)
             shot("studio", page, ".sdviz-studio")
+            # a prompt outside the embedded model's vocabulary: the panel must say so, not just "done"
+            page.locator(".sdviz-studio input[type=text]").first.fill("an elephant on the moon")
+            page.locator("button.sdviz-generate").first.click()
+            page.wait_for_timeout(300)
+            page.wait_for_function(
+                "() => !(document.querySelector('.sdviz-status') || {}).innerText?.includes('generating')"
+                " && !(document.querySelector('.sdviz-status').innerText.includes('preparing'))", timeout=120_000
+            )  # fmt: skip
+            f.studio_unknown_status = _text(page, ".sdviz-status")
+            shot("studio_unknown_prompt", page, ".sdviz-studio")
+            page.locator(".sdviz-studio .lm-TabBar-tab", has_text="Guidance").first.click()  # its buttons' labels
+            page.wait_for_timeout(300)
+            f.studio_buttons = page.locator(".sdviz-studio button").all_inner_texts()
+            f.clipped_buttons = page.evaluate(CLIPPED, ".sdviz-studio button")
+            shot("studio_guidance", page, ".sdviz-studio")
             f.seconds["studio"] = time.monotonic() - t
+
+            # the reweight slider: its picture at its natural size (a whole factor), and a move regenerates it
+            t = time.monotonic()
+            cell = _cell(page, "reweight_widget(")
+            cell.scroll_into_view_if_needed()
+            picture = ".sdviz-reweight-picture"
+            if page.locator(picture).count():
+                f.reweight_sizes = page.evaluate(SIZES, picture)
+                before = _src(page, picture)
+                handle = page.locator(".sdviz-reweight .noUi-handle").first.bounding_box()
+                track = page.locator(".sdviz-reweight .noUi-target").first.bounding_box()
+                page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+                page.mouse.down()
+                page.mouse.move(track["x"] + 0.75 * track["width"], handle["y"] + handle["height"] / 2, steps=8)
+                page.mouse.up()
+                f.reweight = (before, _wait_change(page, picture, before, timeout=60))
+            shot("reweight", page, ".jp-CodeCell:has(.jp-InputArea:has-text('reweight_widget(')) .jp-OutputArea")
+            f.seconds["reweight"] = time.monotonic() - t
             f.cells = page.evaluate(READ_CELLS)  # again: a callback's error would show up as an output
             f.broken_images = page.evaluate(BROKEN_IMAGES)
+            shot("generate_progress", page, ".jp-CodeCell:has(.jp-InputArea:has-text('result = pipe.generate'))")
+
+            # save, then reload the page: every widget must come back from the kernel (no "model not found")
+            t = time.monotonic()
+            page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+            page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+            page.reload(wait_until="domcontentloaded")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            page.wait_for_function("() => document.querySelectorAll('.jp-OutputArea-output .widget-vbox').length"
+                                   " >= 3", timeout=60_000, polling=250)  # fmt: skip
+            page.wait_for_timeout(2000)  # the rest of the views render (or fail)
+            f.reload_errors = page.evaluate(WIDGET_ERRORS)
+            f.reload_widget_views = page.locator(".jp-OutputArea-output .widget-vbox").count()
+            ids = page.evaluate(VIEW_IDS)  # the widget views the saved notebook shows: does the kernel hold each?
+            code = ("from ipywidgets.widgets.widget import _instances\n"
+                    f"print(','.join(m for m in {ids!r} if m not in _instances))")  # fmt: skip
+            f.reload_closed = [m for m in page.evaluate(KERNEL_PRINT, code).strip().split(",") if m]
+            shot("after_reload_generate", page,
+                 ".jp-CodeCell:has(.jp-InputArea:has-text('result = pipe.generate'))")  # fmt: skip
+            shot("after_reload", page)
+            f.seconds["reload"] = time.monotonic() - t
             page.close()
     f.seconds["total"] = time.monotonic() - t0
     return f

@@ -1,21 +1,23 @@
 """Widgets for JupyterLab (and any front end that runs ipywidgets): watch a traced generation, step by step.
 
     from sdviz.viz.widgets import player, explorer, studio
-    player(tr)       # the denoising, step by step: x_t, predicted x0 (preview and VAE decode), the noise and guidance
-                     # predictions, the latent channels, t / sigma / alpha_bar / SNR and the schedule; Play and a slider
+    player(tr)       # the denoising, step by step: x_t, predicted x₀ (preview and VAE decode), the noise and guidance
+                     # predictions, the latent channels, a word's attention, t / σ_t / ᾱ_t / SNR and the schedule
     explorer(tr)     # cross-attention: pick a word (or a token), a window of steps, a resolution or layer, a head;
                      # click a pixel to rank the words by their attention there
     studio()         # a front panel on the embedded model (or studio(pipe)): generate, watch it live, then the player,
                      # the explorer, a guidance sweep and a seed grid, in tabs
     reweight_widget(pipe, prompt, "red")   # a word-weight slider (prompt-to-prompt's reweight) that regenerates
 
-Each is an object whose `.widget` is the ipywidgets box; as the last expression of a cell it shows the box and, for
-the player and the explorer, an animated GIF of the same run below it, so that a static render of the notebook
-(GitHub, nbviewer) still moves. Frames are prepared once, as PNG bytes, so scrubbing costs a dictionary look-up and
+Each is an object whose `.widget` is the ipywidgets box; as the last expression of a cell it shows the box and below
+it a static copy for renders where widgets cannot run (GitHub, nbviewer): an animated GIF of the run for the player
+and the explorer, the last picture for the studio and the reweight slider (updated in place as they are used).
+Attention maps are drawn in `style.HEAT` (magma) beside the picture, with the objects' outlines, never blended
+over it. Frames are prepared once, as PNG bytes, so scrubbing costs a dictionary look-up and
 an assignment (`benchmarks/widget_frames.py` measures it).
 
     frames.py       numpy / pillow pictures: colour maps, overlays, signed latents, the schedule chart with its marker
-    common.py       captioned panels, colour bars, the static animation
+    common.py       captioned panels, colour bars, placeholders, the static animation and picture
     checks.py       what a trace must hold (one-line errors)
     denoising.py    Player (the denoising player)
     attention.py    Explorer (the cross-attention explorer)

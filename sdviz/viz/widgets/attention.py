@@ -7,13 +7,14 @@
 
 Pick a word (or, with "tokens", a BPE token, the start token or the padding), a window of steps to aggregate, a
 resolution or a single layer, the mean of the heads or one head; choose the colour scale (each map to its own
-min..max, or one scale shared by all the entries, so that their strengths compare) and the overlay's opacity. Click
-a pixel to see every word ranked by its attention there. The numbers are the trace's own: with the method "sdviz"
-(`Trace.word_map`'s default, average attention probabilities) the maps are computed for the shown entries only and
-cached per choice (`maps.AttentionMaps`), so a new word costs a look-up and a new window one small reduction. The
-method picker also offers the other aggregators of `sdviz.tracing.aggregate` that the trace holds enough for
-("daam" with keep=["layer", "head"]; "best", the toy model's own, with `aggregate.BEST.needs()`): those choose their
-own layers and heads, so the layer and head pickers rest while they are shown.
+min..max, or one scale shared by all the entries, so that their strengths compare). The map is drawn beside the
+picture in `style.HEAT` (dark = little attention, light = much) with the outlines of the picture's objects on it.
+Click a pixel of either to see every word ranked by its attention there. The numbers are the trace's own: with the
+method "sdviz" (`Trace.word_map`'s default, average attention probabilities) the maps are computed for the shown
+entries only and cached per choice (`maps.AttentionMaps`), so a new word costs a look-up and a new window one small
+reduction. The method picker also offers the other aggregators of `sdviz.tracing.aggregate` that the trace holds
+enough for ("daam" with keep=["layer", "head"]; "best", the toy model's own, with `aggregate.BEST.needs()`): those
+choose their own layers and heads, so the layer and head pickers rest while they are shown.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ class Explorer:
         word: the entry shown first (default: the first content word).
         tokens: list the BPE tokens, the start token and the padding instead of the words.
         size: pixels of the shown picture (longer side).
-        alpha: the overlay's opacity.
         animation: show an animated GIF of the word's attention over the steps under the widget (static renders).
     """
 
@@ -65,7 +65,6 @@ class Explorer:
         word: str | None = None,
         tokens: bool = False,
         size: int = 320,
-        alpha: float = 0.55,
         animation: bool = True,
     ):
         self.trace, self.image, self.animation = trace, image, animation
@@ -91,7 +90,8 @@ class Explorer:
         self._quiet = False
         self.ranked: list[tuple[str, float]] = []
         self.methods = ["sdviz"] + [m for m in METHODS if m != "sdviz" and self._holds(m)]
-        self._build(word or default_words(trace, image)[0], tokens, alpha)
+        self.lines = F.outlines(picture, self.shown_hw)  # the objects' outlines, drawn on every map
+        self._build(word or default_words(trace, image)[0], tokens)
         self.redraw()
 
     def _holds(self, method: str) -> bool:
@@ -108,14 +108,14 @@ class Explorer:
 
     # -- the controls ----------------------------------------------------------------------------------------------
 
-    def _build(self, word: str, tokens: bool, alpha: float) -> None:
+    def _build(self, word: str, tokens: bool) -> None:
         rec, maps = self.rec, self.maps
         style = {"description_width": "110px"}
         self.entry = W.ToggleButtons(options=list(self.words), value=word, description="word", style=style)
         self.entry.add_class("sdviz-words")
         self.method = W.Dropdown(
             options=[(METHODS[m], m) for m in self.methods], value="sdviz", description="method", style=style,
-            disabled=len(self.methods) == 1,
+            disabled=len(self.methods) == 1, layout=W.Layout(width="400px"),
         )  # fmt: skip
         self.show_tokens = W.Checkbox(value=False, description="tokens (BPE pieces, start, padding)", indent=False)
         steps = maps.steps
@@ -133,20 +133,25 @@ class Explorer:
         where = [("all layers", "all")] + [(f"{h}x{w} layers", (h, w)) for h, w in rec.resolutions]
         if maps.layers_kept:
             where += [(f"layer {_short_layer(k)} ({rec.grid[k][0]}x{rec.grid[k][1]})", k) for k in rec.sums]
-        self.where = W.Dropdown(options=where, value="all", description="layers", style=style)
+        self.where = W.Dropdown(options=where, value="all", description="layers", style=style,
+                                layout=W.Layout(width="400px"))  # fmt: skip
         heads = [("mean of the heads", "mean")] + [(f"head {h}", h) for h in range(maps.heads)]
-        self.head = W.Dropdown(options=heads, value="mean", description="heads", style=style, disabled=not maps.heads)
+        self.head = W.Dropdown(options=heads, value="mean", description="heads", style=style, disabled=not maps.heads,
+                               layout=W.Layout(width="300px"))  # fmt: skip
         self.scale = W.ToggleButtons(
             options=[("per map", "per map"), ("shared", "shared")], value="per map", description="colour scale",
             style=style, tooltips=["each map from its own min to its max", "one scale for all the entries listed"],
         )  # fmt: skip
-        self.alpha = W.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="opacity", style=style)
-        self.image_widget = W.Image(format="png", layout=W.Layout(width=f"{self.shown_hw[1]}px"))
+        width = self.shown_hw[1]
+        self.picture_widget = W.Image(value=F.png(self.picture), format="png", layout=W.Layout(width=f"{width}px"))
+        self.picture_widget.add_class("sdviz-explorer-picture")
+        self.image_widget = W.Image(format="png", layout=W.Layout(width=f"{width}px", margin="0 0 0 8px"))
         self.image_widget.add_class("sdviz-explorer-map")
-        self.caption = W.HTML()
+        self.caption = W.HTML(layout=W.Layout(width=f"{2 * width + 8}px"))  # fixed: the ranking beside stays put
         self.ranking = W.HTML(
-            "<div style='font-size:12px;color:#666'>click a pixel of the picture to rank the words there</div>",
-            layout=W.Layout(margin="0 0 0 16px", width="300px"),
+            "<div style='font-size:12px;color:#666'>click a pixel of the picture or the map to rank the words there"
+            "</div>",
+            layout=W.Layout(margin="0 0 0 16px", width="300px", min_width="300px"),
         )
         hints = []
         if not maps.per_step_kept:
@@ -162,20 +167,24 @@ class Explorer:
         if tokens:
             self.show_tokens.value = True
             self._on_tokens({"new": True})
-        for control in (self.entry, self.method, self.window, self.where, self.head, self.scale, self.alpha):
+        for control in (self.entry, self.method, self.window, self.where, self.head, self.scale):
             control.observe(self._on_change, names="value")
         self.show_tokens.observe(self._on_tokens, names="value")
         try:  # clicks on the picture: ipyevents reports them in the picture's own pixel coordinates
             from ipyevents import Event
 
-            self._events = Event(source=self.image_widget, watched_events=["click"], prevent_default_action=True)
-            self._events.on_dom_event(self._on_click)
+            self._events = [Event(source=source, watched_events=["click"], prevent_default_action=True)
+                            for source in (self.picture_widget, self.image_widget)]  # fmt: skip
+            for events in self._events:
+                events.on_dom_event(self._on_click)
         except ImportError:  # pragma: no cover - ipyevents is a dependency; without it, no pixel inspection
-            self._events = None
+            self._events = []
         title = W.HTML(f"<b>cross-attention</b>: {html.escape(repr(self.trace.prompts[self.image]))}")
         controls = W.VBox([self.entry, self.show_tokens, self.method, self.window, W.HBox([self.where, self.head]),
-                           self.scale, self.alpha, self.hints])  # fmt: skip
-        self.widget = W.VBox([title, controls, W.HBox([W.VBox([self.image_widget, self.caption]), self.ranking])])
+                           self.scale, self.hints])  # fmt: skip
+        views = W.VBox([W.HBox([self.picture_widget, self.image_widget]), self.caption],
+                       layout=W.Layout(width=f"{2 * width + 8}px", min_width=f"{2 * width + 8}px"))  # fmt: skip
+        self.widget = W.VBox([title, controls, W.HBox([views, self.ranking])])
         self.widget.add_class("sdviz-explorer")
 
     def _entries(self) -> dict[str, list[int]]:
@@ -255,7 +264,8 @@ class Explorer:
     # -- drawing -----------------------------------------------------------------------------------------------------
 
     def redraw(self) -> None:
-        """Draw the shown entry's map over the picture for the current choice (and the ranking, after a click)."""
+        """Draw the shown entry's map, with the objects' outlines, for the current choice (and the ranking, after a
+        click, marked on both the picture and the map)."""
         try:
             maps = self.entry_maps()
         except KeyError as e:  # e.g. a step window with no recorded step
@@ -271,13 +281,13 @@ class Explorer:
             what = "colour scale: per map (this map's min to max)"
         if self.method.value != "sdviz":
             what += f"; method {self.method.value!r}"
-        layer = F.resize(F.heat(m, lo, hi), self.shown_hw)
-        shown = F.blend(self.picture, layer, float(self.alpha.value))
+        shown = F.attention(m, lo, hi, self.lines)
         if self.pixel is not None:
             shown = self._mark(shown)
+            self.picture_widget.value = F.png(self._mark(self.picture))
         self.image_widget.value = F.png(shown)
         unit = "mean attention probability" if self.method.value == "sdviz" else "the method's score"
-        self.caption.value = colour_bar(lo, hi, f"{what}; {unit}", width=240)
+        self.caption.value = colour_bar(lo, hi, f"{what}; {unit}; cyan: the objects' outlines", width=240)
         if self.pixel is not None:
             self.ranked = self.rank(*self.pixel)
             self.ranking.value = self._ranking_html()
@@ -310,8 +320,9 @@ class Explorer:
 
     # -- display -------------------------------------------------------------------------------------------------------
 
-    def static_animation(self, size: int = 112, max_frames: int = 26) -> StaticAnimation | None:
-        """The shown word's attention over the steps as an animated GIF (None when steps were summed)."""
+    def static_animation(self, size: int = 256, max_frames: int = 26) -> StaticAnimation | None:
+        """The shown word's attention over the steps as an animated GIF, on one colour scale for every step (None
+        when steps were summed)."""
         if not self.maps.per_step_kept or self.show_tokens.value:
             return None
         from sdviz.viz import animate
@@ -320,7 +331,7 @@ class Explorer:
         keep = np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int)).tolist()
         return StaticAnimation(
             animate.gif([frames[i] for i in keep], fps=6),
-            f'the attention of "{self.entry.value}" over the steps (a static copy of the explorer)',
+            f'the attention of "{self.entry.value}" over the steps, one colour scale (a static copy of the explorer)',
         )
 
     def _ipython_display_(self) -> None:

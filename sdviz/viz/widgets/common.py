@@ -1,5 +1,5 @@
-"""Pieces the player, the explorer and the studio share: captioned image panels, colour bars, one-line errors, and the
-static animation shown after a live widget."""
+"""Pieces the player, the explorer, the studio and the reweight slider share: captioned image panels, colour bars,
+one-line errors, a placeholder picture, and the static animation or picture shown after a live widget."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import ipywidgets as W
 import numpy as np
 
+from sdviz.viz.style import HEAT
 from sdviz.viz.widgets import frames as F
 
 
@@ -21,6 +22,12 @@ def panel(caption: str, width: int, value: bytes = b"") -> tuple[W.VBox, W.Image
     )
     image = W.Image(value=value, format="png", layout=W.Layout(width=f"{width}px", min_width=f"{width}px"))
     return W.VBox([title, image], layout=W.Layout(margin="0 8px 8px 0")), image, title
+
+
+def placeholder(width: int, height: int | None = None) -> bytes:
+    """A light grey picture (PNG) for an image widget that has nothing to show yet: an empty image widget shows the
+    browser's broken-image icon."""
+    return F.png(np.full((height or width, width, 3), 238, np.uint8))
 
 
 def note(text: str, width: int) -> W.HTML:
@@ -36,14 +43,14 @@ def error(text: str) -> str:
     return f"<span style='color:#b00020;font-family:monospace'>{html.escape(text)}</span>"
 
 
-def gradient(cmap: str = "jet", stops: int = 9) -> str:
+def gradient(cmap: str = HEAT, stops: int = 9) -> str:
     """A CSS linear gradient of a colour map (for a colour bar drawn in HTML)."""
     lut = F.colormap(cmap)
     colours = [lut[int(i)] for i in np.linspace(0, 255, stops)]
     return "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in colours) + ")"
 
 
-def colour_bar(lo: float, hi: float, what: str, cmap: str = "jet", width: int = 200) -> str:
+def colour_bar(lo: float, hi: float, what: str, cmap: str = HEAT, width: int = 200) -> str:
     """A small horizontal colour bar with its end values and a caption, as HTML."""
     return (
         f"<div style='font-size:11px'>{html.escape(what)}<br>"
@@ -68,3 +75,34 @@ class StaticAnimation:
             f"<figcaption style='font-size:11px;color:#666'>{html.escape(self.caption)}</figcaption></figure>"
         )
         return {"text/html": page, "image/gif": data, "text/plain": f"<animation: {self.caption}>"}
+
+
+class StaticPicture:
+    """A picture (PNG) shown as HTML and as image/png, placed after a live widget whose picture changes (the studio,
+    the reweight slider): `show()` displays it with a display id, `update(png, caption)` replaces it in place, so a
+    saved notebook shows the widget's last picture where widgets cannot run (GitHub, nbviewer)."""
+
+    def __init__(self, png: bytes, caption: str):
+        self.png, self.caption = png, caption
+        self._handle: Any = None  # the display handle, once shown
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        data = base64.b64encode(self.png).decode("ascii")
+        page = (
+            "<figure style='margin:4px 0' class='sdviz-static-picture'>"
+            f"<img src='data:image/png;base64,{data}' alt='{html.escape(self.caption)}'/>"
+            f"<figcaption style='font-size:11px;color:#666'>{html.escape(self.caption)}</figcaption></figure>"
+        )
+        return {"text/html": page, "image/png": data, "text/plain": f"<picture: {self.caption}>"}
+
+    def show(self) -> None:
+        """Display it (in the current cell's output) and keep the handle that `update` uses."""
+        from IPython.display import display
+
+        self._handle = display(self, display_id=True)
+
+    def update(self, png: bytes, caption: str | None = None) -> None:
+        """Replace the picture (and caption) where it was shown; without a display, only the stored picture."""
+        self.png, self.caption = png, self.caption if caption is None else caption
+        if self._handle is not None:
+            self._handle.update(self)

@@ -5,11 +5,11 @@
         pipe.generate("a red circle above a blue square", seed=1, sampler="ddim")
     player(tr)
 
-Play / pause / loop and a step slider drive, side by side: the noisy latent x_t and the predicted clean picture x0
-(the fitted linear latent -> RGB preview), x0 decoded by the VAE (when the trace holds it, or given `pipe=`), the
-guided noise prediction eps and the guidance direction eps_cond - eps_uncond (grey = 0), x_t's latent channels, a
-word's cross-attention at the step (with keep=["step"]), and the noise schedule with a marker at the current t;
-the readout gives t, sigma_t, alpha_bar_t and the SNR.
+Play / pause / loop and a step slider drive, side by side: the noisy latent x_t and the predicted clean picture x₀
+(the fitted linear latent -> RGB preview), x₀ decoded by the VAE (when the trace holds it, or given `pipe=`), the
+guided noise prediction ε and the guidance direction ε_cond − ε_uncond (grey = 0), x_t's latent channels, the
+cross-attention at the step of the word the word picker names (with keep=["step"]; a noun by default), and the
+noise schedule with a marker at the current t; the readout gives t, σ_t, ᾱ_t and the SNR.
 
 Every frame is made once, when the player is built (PNG bytes per panel and step); moving the slider then only
 assigns bytes to the image widgets (`benchmarks/widget_frames.py`: well under the 100 ms goal per frame).
@@ -35,14 +35,25 @@ if TYPE_CHECKING:
 
 CAPTIONS = {
     "x_t": "x_t, the noisy latent (preview)",
-    "x0": "predicted x0 (preview)",
-    "decoded": "predicted x0, VAE decode",
-    "eps": "predicted noise eps (guided)",
-    "guidance": "guidance: eps_cond - eps_uncond",
+    "x0": "predicted x₀ (preview)",
+    "decoded": "predicted x₀, VAE decode",
+    "eps": "predicted noise ε (guided)",
+    "guidance": "guidance: ε_cond − ε_uncond",
     "channels": "x_t's latent channels (blue < 0 < red)",
-    "attention": "attention of {word!r} at this step",
+    "attention": "the word's attention at this step",
     "schedule": "the noise schedule, t in red",
 }
+
+
+def noun(words: list[str]) -> str:
+    """A noun among a prompt's content words, for the attention panel to start on: the first shape of the toy world
+    ("a large red circle above..." -> "circle"), else the first content word."""
+    from sdviz.toy.world import SHAPES
+
+    for w in words:
+        if w.strip(".,;:!?") in SHAPES:
+            return w
+    return words[0] if words else ""
 
 
 def _schedule(tr: Trace) -> Any:
@@ -66,8 +77,9 @@ class Player:
             `decode=True` the VAE's decode of every step's x0.
         image: which picture of a batch.
         pipe: a pipeline to decode x0 with, when the trace did not (one VAE decode per step, done once here).
-        word: the word whose per-step attention is shown; "auto" (the first content word when the trace has
-            per-step attention, else no panel), None (no panel), or a word (then the trace needs keep=["step"]).
+        word: the word the attention panel starts on (a picker beside it lists the prompt's content words);
+            "auto" (a noun, `noun`, when the trace has per-step attention, else no panel), None (no panel), or a
+            word (then the trace needs keep=["step"]).
         size: pixels per panel.
         fps: frames per second when playing.
         animation: show an animated GIF of the run under the widget (for static renders of the notebook).
@@ -105,7 +117,7 @@ class Player:
                 return None
             from sdviz.viz.style import default_words
 
-            return default_words(self.trace, self.image)[0]
+            return noun(default_words(self.trace, self.image))
         if word is None:
             return None
         need_cross_attention(self.trace, f"the player's attention panel (word={word!r})", per_step=True)
@@ -135,7 +147,8 @@ class Player:
             dir_scale = _robust_max(np.einsum("oc,schw->shwo", weight, direction))
         z = rec.x_t[:, b].numpy()  # (S, C, h, w)
         chart = F.ScheduleChart(self.schedule, self.timesteps)
-        attention = self._attention_layers() if self.word else None
+        self._attention: dict[str, list[bytes]] = {}  # word -> its attention panel's PNG per step, made when asked
+        attention = self.attention_frames(self.word) if self.word else None
         cfg, sampler = self.trace.info.get("cfg_scale"), self.trace.info.get("sampler")
         for i, t in enumerate(self.timesteps):
             frame = {
@@ -158,32 +171,41 @@ class Player:
             self.readouts.append(
                 "<div style='font-family:monospace;font-size:13px'>"
                 f"step <b>{i}</b> / {self.n - 1} &nbsp; t = <b>{t}</b> &nbsp; "
-                f"sigma_t = {s['sigma']:.4g} &nbsp; alpha_bar_t = {s['alpha_bar']:.4g} &nbsp; "
+                f"σ_t = {s['sigma']:.4g} &nbsp; ᾱ_t = {s['alpha_bar']:.4g} &nbsp; "
                 f"SNR = {s['snr']:.4g}<br><span style='color:#666'>{html.escape(str(sampler))}, cfg {cfg:g}; "
-                f"eps and guidance: grey = 0, full colour at +-{eps_scale:.3g}"
-                + (f" / +-{dir_scale:.3g}" if guided else "")
-                + f"; channels at +-{ch_scale:.3g}</span></div>"
+                f"ε and guidance: grey = 0, full colour at ±{eps_scale:.3g}"
+                + (f" / ±{dir_scale:.3g}" if guided else "")
+                + f"; channels at ±{ch_scale:.3g}</span></div>"
             )
         self.guided = guided
 
-    def _attention_layers(self) -> list[bytes]:
-        """The word's attention at every step over the final picture (normalised per step), PNG per step; steps the
-        trace did not record attention for show the picture alone."""
+    def attention_frames(self, word: str) -> list[bytes]:
+        """A word's attention at every step (normalised per step, in `style.HEAT`, with the outlines of the final
+        picture's objects), PNG per step, made once per word; steps the trace did not record attention for show
+        the outlines alone."""
+        if word in self._attention:
+            return self._attention[word]
         from sdviz.viz.widgets.maps import AttentionMaps, map_size
 
         tr, b = self.trace, self.image
-        picture = F.enlarge(tr.images_u8[b].permute(1, 2, 0).numpy(), self.size)
-        hw = picture.shape[:2]
-        maps = AttentionMaps(tr, b, map_size(tr.image_size)).per_step(tr.word_positions(self.word, b))
-        out = []
-        for i in range(self.n):
-            if i in maps:
-                m = maps[i]
-                layer = F.resize(F.heat(m, float(m.min()), float(m.max())), hw)
-                out.append(F.png(F.blend(picture, layer, 0.55)))
-            else:
-                out.append(F.png((picture * 0.35 + 160).astype(np.uint8)))  # not recorded at this step: faded
+        picture = tr.images_u8[b].permute(1, 2, 0).numpy()
+        hw = F.enlarge(picture, self.size).shape[:2]
+        lines = F.outlines(picture, hw)
+        maps = AttentionMaps(tr, b, map_size(tr.image_size)).per_step(tr.word_positions(word, b))
+        blank = np.full((*hw, 3), 235, np.uint8)
+        blank[lines] = F.OUTLINE_RGB
+        out = [F.png(F.attention(maps[i], float(maps[i].min()), float(maps[i].max()), lines) if i in maps else blank)
+               for i in range(self.n)]  # fmt: skip
+        self._attention[word] = out
         return out
+
+    def choose(self, word: str) -> None:
+        """Show another word's attention (what the word picker does)."""
+        for i, frame in enumerate(self.attention_frames(word)):
+            self.frames[i]["attention"] = frame
+        self.word = word
+        if "attention" in self.images:
+            self.images["attention"].value = self.frames[self.step]["attention"]
 
     # -- the widget ----------------------------------------------------------------------------------------------------
 
@@ -205,13 +227,21 @@ class Player:
         for key in ("x_t", "x0", "decoded", "eps", "guidance", "channels", "attention", "schedule"):
             width = 2 * size if key == "channels" else 300 if key == "schedule" else size
             if key in self.frames[0]:
-                caption = CAPTIONS[key].format(word=self.word)
-                boxes[key], self.images[key], _ = panel(caption, width)
+                boxes[key], self.images[key], _ = panel(CAPTIONS[key], width)
                 self.images[key].add_class(f"sdviz-player-{key}")
             elif key == "decoded":
                 boxes[key] = note("no VAE decode: trace with decode=True, or pass pipe= to the player", size)
             elif key == "guidance":
                 boxes[key] = note("no guidance direction: this generation ran without guidance (cfg <= 1)", size)
+        if "attention" in boxes:  # a word picker above the attention panel
+            from sdviz.viz.style import default_words
+
+            words = list(dict.fromkeys([*default_words(self.trace, self.image), self.word]))
+            self.word_picker = W.Dropdown(options=words, value=self.word, layout=W.Layout(width=f"{size}px"))
+            self.word_picker.add_class("sdviz-player-word")
+            self.word_picker.observe(lambda change: self.choose(change["new"]), names="value")
+            boxes["attention"].children = (boxes["attention"].children[0], self.word_picker,
+                                           *boxes["attention"].children[1:])  # fmt: skip
         row1 = [boxes[k] for k in ("x_t", "x0", "decoded", "attention") if k in boxes]
         row2 = [boxes[k] for k in ("eps", "guidance", "channels", "schedule") if k in boxes]
         title = W.HTML(
@@ -242,8 +272,8 @@ class Player:
 
     # -- display -------------------------------------------------------------------------------------------------------
 
-    def static_animation(self, size: int = 96, max_frames: int = 26) -> StaticAnimation:
-        """The run as an animated GIF (x_t, predicted x0, its decode), for renders where widgets cannot run."""
+    def static_animation(self, size: int = 256, max_frames: int = 26) -> StaticAnimation:
+        """The run as an animated GIF (x_t, predicted x₀, its decode), for renders where widgets cannot run."""
         from sdviz.viz import animate
 
         frames = animate.denoising_frames(self.trace, self.image, size)

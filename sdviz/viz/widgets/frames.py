@@ -3,12 +3,15 @@ frame: a matplotlib redraw costs 50-200 ms, an array turned into PNG bytes about
 
     png(a)                       uint8 (h, w, 3) -> PNG bytes (fast compression: frames are made once, shown often)
     enlarge(a, size)             blocky (nearest) enlargement by a whole factor, or a smooth resize: (size, size, 3)
-    colormap("jet")              a matplotlib colour map as a (256, 3) uint8 lookup table
-    heat(m, lo, hi)              a float map -> RGB through a colour map, lo and hi at its ends
+    colormap("magma")            a matplotlib colour map as a (256, 3) uint8 lookup table
+    heat(m, lo, hi)              a float map -> RGB through a colour map (style.HEAT), lo and hi at its ends
+    outlines(picture, hw)        where the picture's objects end, at a shown size (bool), to draw on an attention map
+    attention(m, lo, hi, lines)  an attention map in style.HEAT at the lines' size, the objects' outlines on it
     blend(picture, layer, a)     picture * (1 - a) + layer * a
     signed_rgb(z, weight, s)     a signed latent (noise, a guidance direction) -> RGB, grey = 0
     channel_strip(z, s)          the C latent channels side by side, blue < 0 < red
-    label(a, text)               a caption bar above a picture (for animations, where there is no HTML)
+    label(a, text)               a caption bar above a picture (for animations, where there is no HTML): x₀, ε, ᾱ_t
+    colour_strip(lo, hi, width)  a colour bar of style.HEAT with its end values (for animations)
     ScheduleChart                alpha_bar_t and the SNR, drawn once; frame(t) puts a marker at t (numpy only)
     schedule_numbers(cfg, t)     t, sigma_t, alpha_bar_t, SNR_t of a timestep
 """
@@ -21,6 +24,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from sdviz.viz.style import HEAT, OUTLINE, object_mask, outline
+
+OUTLINE_RGB = tuple(int(OUTLINE[i : i + 2], 16) for i in (1, 3, 5))
 
 
 def png(a: np.ndarray) -> bytes:
@@ -58,11 +65,32 @@ def colormap(name: str) -> np.ndarray:
     return (matplotlib.colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
-def heat(m: Any, lo: float, hi: float, cmap: str = "jet") -> np.ndarray:
+def heat(m: Any, lo: float, hi: float, cmap: str = HEAT) -> np.ndarray:
     """A float map (h, w) -> RGB uint8 (h, w, 3): lo at the colour map's start, hi at its end (clipped)."""
     m = np.asarray(m, dtype=np.float32)
     x = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
     return colormap(cmap)[np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)]
+
+
+def outlines(picture: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """The outlines of a picture's objects (`style.object_mask`) at a shown size: (h, w, 3) -> (H, W) bool, two
+    pixels wide."""
+    mask = resize(object_mask(picture).astype(np.uint8)[..., None].repeat(3, -1) * 255, hw, smooth=False)[..., 0]
+    line = outline(mask > 127)  # (H, W)
+    line[1:] |= line[:-1]
+    line[:, 1:] |= line[:, :-1]
+    return line
+
+
+def attention(m: Any, lo: float, hi: float, lines: np.ndarray | None = None) -> np.ndarray:
+    """An attention map (h, w) as a picture: through `style.HEAT` at lo..hi, resized (bilinear) to the size of
+    `lines` (the objects' `outlines`, drawn on it in `style.OUTLINE`) or kept at (h, w): (H, W, 3) uint8."""
+    a = heat(m, lo, hi)
+    if lines is None:
+        return a
+    a = resize(a, lines.shape).copy()
+    a[lines] = OUTLINE_RGB
+    return a
 
 
 def blend(picture: np.ndarray, layer: np.ndarray, alpha: float) -> np.ndarray:
@@ -88,19 +116,49 @@ def channel_strip(z: np.ndarray, scale: float, gap: int = 1, cmap: str = "RdBu_r
     return out
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _font(size: int) -> Any:
+    """DejaVu Sans (matplotlib's own font, so every machine draws the same glyphs, x₀, ε and ᾱ included)."""
+    from matplotlib import font_manager
+
     try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # a pillow without FreeType: the fixed bitmap font
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except (OSError, ImportError):  # a pillow without FreeType: the fixed bitmap font
         return ImageFont.load_default()
 
 
+def _lines(text: str, font: Any, width: float) -> list[str]:
+    """`text` broken at spaces into lines no wider than `width` pixels (a single long word stays whole)."""
+    lines: list[str] = []
+    for word in text.split(" "):  # (runs of spaces are kept: "step 3   t = 801")
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def label(a: np.ndarray, text: str, height: int = 18) -> np.ndarray:
-    """A white caption bar with `text` above a picture (h, w, 3) -> (h + height, w, 3)."""
-    bar = Image.new("RGB", (a.shape[1], height), "white")
-    ImageDraw.Draw(bar).text((4, height // 2), text, fill=(20, 20, 20), font=_font(height - 6), anchor="lm")
+    """A white caption bar with `text` above a picture (h, w, 3) -> (h + bar, w, 3): one line of `height` pixels,
+    or as many as the text needs to fit the picture's width (never clipped)."""
+    font = _font(max(8, height - 6))
+    lines = _lines(text, font, a.shape[1] - 8)
+    bar = Image.new("RGB", (a.shape[1], height * len(lines)), "white")
+    draw = ImageDraw.Draw(bar)
+    for i, line in enumerate(lines):
+        draw.text((4, height * i + height // 2), line, fill=(20, 20, 20), font=font, anchor="lm")
     return np.concatenate([np.asarray(bar), a], 0)
+
+
+def colour_strip(lo: float, hi: float, width: int, height: int = 18) -> np.ndarray:
+    """A horizontal colour bar of `style.HEAT` with its end values written under it: (10 + height, width, 3)."""
+    ramp = colormap(HEAT)[np.linspace(0, 255, max(1, width - 8)).round().astype(int)]  # (width - 8, 3)
+    out = Image.new("RGB", (width, 10 + height), "white")
+    out.paste(Image.fromarray(np.ascontiguousarray(np.repeat(ramp[None], 8, 0))), (4, 2))
+    draw, font = ImageDraw.Draw(out), _font(max(8, height - 6))
+    draw.text((4, 10 + height // 2), f"{lo:.3g}", fill=(20, 20, 20), font=font, anchor="lm")
+    draw.text((width - 4, 10 + height // 2), f"{hi:.3g}", fill=(20, 20, 20), font=font, anchor="rm")
+    return np.asarray(out)
 
 
 def hstack(pictures: list[np.ndarray], gap: int = 4) -> np.ndarray:
@@ -127,7 +185,7 @@ def schedule_numbers(schedule: Any, t: int) -> dict[str, float]:
 
 
 class ScheduleChart:
-    """The noise schedule as a small chart, drawn once with matplotlib: alpha_bar_t (left axis) and the SNR (right
+    """The noise schedule as a small chart, drawn once with matplotlib: ᾱ_t (left axis) and the SNR (right
     axis, log) against t, with the sampled timesteps as ticks. `frame(t)` returns a copy with a marker at timestep
     t: a vertical line and a dot on each curve, painted into the array (no redraw).
     """
@@ -144,7 +202,7 @@ class ScheduleChart:
         canvas = FigureCanvasAgg(fig)
         ax = fig.subplots()
         ax.plot(t, ab, color="black", lw=1.2)
-        ax.set_ylabel("alpha_bar_t", fontsize=8)
+        ax.set_ylabel(r"$\bar\alpha_t$", fontsize=9)
         ax.set_xlabel("timestep t", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlim(t[0], t[-1])
@@ -155,7 +213,7 @@ class ScheduleChart:
         ax2.semilogy(t, snr, color="tab:green", lw=1.2)
         ax2.set_ylabel("SNR", fontsize=8, color="tab:green")
         ax2.tick_params(labelsize=7, colors="tab:green")
-        ax.set_title("alpha_bar_t (black), SNR (green, log)", fontsize=8)
+        ax.set_title(r"$\bar\alpha_t$ (black), SNR (green, log)", fontsize=8)
         canvas.draw()
         self.base = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
         h = self.base.shape[0]

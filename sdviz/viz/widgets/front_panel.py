@@ -8,12 +8,16 @@ Prompt, negative prompt, seed, steps, guidance, sampler and size; Generate shows
 clean picture x0 at every step (the VAE's decode of it for small pictures, the linear latent preview for large
 ones). When the picture is done, the player and the attention explorer of the new trace open in tabs, beside a
 guidance tab (the same seed at several cfg values) and a seed grid. A setting the pipeline refuses (a size that is
-not a multiple of 8, steps < 1, an unknown sampler...) shows the pipeline's one-line error in the panel.
+not a multiple of 8, steps < 1, an unknown sampler...) shows the pipeline's one-line error in the panel, and a
+warning the pipeline gives (a prompt with no word the embedded model was trained on) shows there too, beside
+"done". Under the panel, a static picture of the last run (x₀ at a few steps and the picture) stays in the saved
+notebook, where widgets cannot run.
 """
 
 from __future__ import annotations
 
 import html
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
@@ -22,7 +26,7 @@ import torch
 from IPython.display import display
 
 from sdviz.viz.widgets import frames as F
-from sdviz.viz.widgets.common import error, panel
+from sdviz.viz.widgets.common import StaticPicture, error, panel, placeholder
 
 if TYPE_CHECKING:
     from sdviz.pipeline import GenerationResult, StableDiffusion, StepInfo
@@ -98,6 +102,7 @@ class Studio:
         wide = W.Layout(width="640px")
         style = {"description_width": "100px"}
         self.prompt = W.Text(value=prompt, description="prompt", layout=wide, style=style)
+        self.prompt.add_class("sdviz-prompt")
         self.negative = W.Text(value=negative, description="negative", layout=wide, style=style)
         self.seed = W.IntText(value=seed, description="seed", style=style, layout=W.Layout(width="200px"))
         self.steps = W.IntText(value=steps, description="steps", style=style, layout=W.Layout(width="200px"))
@@ -113,9 +118,10 @@ class Studio:
         self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="300px"))
         self.status = W.HTML()
         self.status.add_class("sdviz-status")
-        live_box, self.live, self.live_caption = panel("predicted picture x0, live", panel_size)
+        blank = placeholder(panel_size)  # until the first Generate (an empty image shows a broken-image icon)
+        live_box, self.live, self.live_caption = panel("predicted picture x₀, live", panel_size, blank)
         self.live.add_class("sdviz-live")
-        self.picture = W.Image(format="png", layout=W.Layout(width=f"{panel_size}px"))
+        self.picture = W.Image(value=blank, format="png", layout=W.Layout(width=f"{panel_size}px"))
         self.picture.add_class("sdviz-picture")
         self.tabs = W.Tab(children=[self._waiting("the player"), self._waiting("the explorer"),
                                     self._guidance_tab(), self._seeds_tab()])  # fmt: skip
@@ -136,6 +142,7 @@ class Studio:
             ]
         )
         self.widget.add_class("sdviz-studio")
+        self.static = StaticPicture(placeholder(panel_size, 24), "the studio's last picture: none yet (press Generate)")
 
     @staticmethod
     def _waiting(what: str) -> W.HTML:
@@ -157,8 +164,10 @@ class Studio:
             "width": width,
         }
 
-    def _say(self, text: str = "", failed: bool = False) -> None:
+    def _say(self, text: str = "", failed: bool = False, warning: str = "") -> None:
         self.status.value = error(text) if failed else f"<span style='color:#444'>{html.escape(text)}</span>"
+        if warning:  # what the pipeline warned about, in the panel (not only in the log console)
+            self.status.value += f"<br><span style='color:#9a5b00'>warning: {html.escape(warning)}</span>"
 
     def _busy(self, busy: bool) -> None:
         self.button.disabled = busy
@@ -176,25 +185,45 @@ class Studio:
             height = settings["height"] or self.pipe.config.image_size
             width = settings["width"] or self.pipe.config.image_size
             decode = height * width <= DECODE_PIXELS
-            try:
-                tr = self._run(trace(self.pipe, record=["cross_attention", "latents"], keep=["step"], decode=decode),
-                               settings)  # fmt: skip
-                note = ""
-            except TraceBudgetError:  # per-step attention of a large picture: keep the sum over the steps instead
-                tr = self._run(trace(self.pipe, record=["cross_attention", "latents"], decode=decode), settings)
-                note = " (attention summed over the steps: per step it would exceed the trace's memory budget)"
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    tr = self._run(trace(self.pipe, record=["cross_attention", "latents"], keep=["step"],
+                                         decode=decode), settings)  # fmt: skip
+                    note = ""
+                except TraceBudgetError:  # per-step attention of a large picture: keep the sum over the steps
+                    tr = self._run(trace(self.pipe, record=["cross_attention", "latents"], decode=decode), settings)
+                    note = " (attention summed over the steps: per step it would exceed the trace's memory budget)"
+            said = "; ".join(dict.fromkeys(str(w.message) for w in caught))
         except (ValueError, TypeError, KeyError) as e:
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             self._say(str(message).splitlines()[0] if str(message) else type(e).__name__, failed=True)
             return None
         finally:
             self._busy(False)
+        for w in caught:  # still in the log too, as outside the studio
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self.trace = tr
         self.picture.value = F.png(F.enlarge(tr.images_u8[0].permute(1, 2, 0).numpy(), self.panel_size))
-        self._say(f"done: seed {tr.info['seeds'][0]}, {len(tr.timesteps)} steps{note}; preparing the player...")
+        done = f"done: seed {tr.info['seeds'][0]}, {len(tr.timesteps)} steps"
+        self._say(f"{done}{note}; preparing the player...", warning=said)
         self._show_trace(tr)
-        self._say(f"done: seed {tr.info['seeds'][0]}, {len(tr.timesteps)} steps, {tr.info['sampler']}{note}")
+        self.static.update(F.png(self._summary(tr)), f"the studio's last run: {tr.prompts[0]!r}, {done[6:]}")
+        self._say(f"{done}, {tr.info['sampler']}{note}", warning=said)
         return tr
+
+    def _summary(self, tr: Trace, n: int = 6) -> np.ndarray:
+        """The run as one static picture: the predicted x₀ at n steps (decoded when the trace holds it), then the
+        picture, each at the panel's size, captioned."""
+        from sdviz.viz.style import pick_evenly
+
+        rec, size = tr.records["latents"], self.panel_size
+        tiles = []
+        for i in pick_evenly(list(range(len(tr.timesteps))), n):
+            pic = rec.decoded[i, 0].permute(1, 2, 0).numpy() if rec.decoded is not None else rec.preview("x0", i)
+            tiles.append(F.label(F.enlarge(pic, size), f"x₀ at step {i}, t = {tr.timesteps[i]}"))
+        tiles.append(F.label(F.enlarge(tr.images_u8[0].permute(1, 2, 0).numpy(), size), "the picture"))
+        return F.hstack(tiles)
 
     def _run(self, tr: Trace, settings: dict[str, Any]) -> Any:
         with tr:
@@ -212,7 +241,7 @@ class Studio:
             pic = ((rec.to_rgb(step.x0[0].float().cpu()) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
         self.live.value = F.png(F.enlarge(pic, self.panel_size))
         self.live_caption.value = (
-            f"<div style='font-size:12px;line-height:1.25;font-weight:bold'>predicted picture x0<br>"
+            f"<div style='font-size:12px;line-height:1.25;font-weight:bold'>predicted picture x₀<br>"
             f"step {step.index} / {n - 1}, t = {step.t}</div>"
         )
 
@@ -230,7 +259,7 @@ class Studio:
 
     def _guidance_tab(self) -> W.VBox:
         self.cfg_values = W.Text(value="1, 2, 5, 9", description="cfg values", layout=W.Layout(width="300px"))
-        draw = W.Button(description="Draw the guidance sweep")
+        draw = W.Button(description="Draw the guidance sweep", layout=W.Layout(width="auto"))
         self.guidance_row = W.HBox(layout=W.Layout(flex_flow="row wrap"))
         draw.on_click(lambda _: self.guidance_sweep())
         info = W.HTML("<div style='font-size:12px;color:#666'>the same seed and settings at several guidance "
@@ -239,7 +268,7 @@ class Studio:
 
     def _seeds_tab(self) -> W.VBox:
         self.seed_values = W.Text(value="0-7", description="seeds", layout=W.Layout(width="300px"))
-        draw = W.Button(description="Draw the seed grid")
+        draw = W.Button(description="Draw the seed grid", layout=W.Layout(width="auto"))
         self.seed_grid_box = W.HBox(layout=W.Layout(flex_flow="row wrap", width="900px"))
         draw.on_click(lambda _: self.seed_grid())
         info = W.HTML("<div style='font-size:12px;color:#666'>the same prompt and settings with other seeds "
@@ -289,6 +318,7 @@ class Studio:
 
     def _ipython_display_(self) -> None:
         display(self.widget)
+        self.static.show()  # the last run's picture, for renders where widgets cannot run
 
 
 def studio(pipe: StableDiffusion | None = None, **kw: Any) -> Studio:

@@ -1,10 +1,10 @@
 """Features during generation: splice an SAE's reconstruction in, ablate or clamp a feature, add (steer) one.
 
-Each intervention is an *editor* on the SAE's hook point (`HookPoint.listen(..., edit=True)`), registered under its
-own `Scope` for the `with` block and removed in a `finally`, like `sdviz.editing.control`. It changes only the
-conditional rows of the guided batch (the ones the SAE was trained on; `current_call()` says which they are), at
-every pixel of the feature map, at the steps asked for (default all). With x the activation at a pixel, z = SAE(x)'s
-features and d_i the unit direction of feature i (times the SAE's scale):
+Each edit is an intervention of `sdviz.causal` (`FeatureEdit`): an editor on the SAE's hook point, attached for the
+`with` block and removed in a `finally` by `sdviz.causal.intervene`. It changes only the conditional rows of the
+guided batch (the ones the SAE was trained on), at every pixel of the feature map, in a window of the steps
+(default all). With x the activation at a pixel, z = SAE(x)'s features and d_i the unit direction of feature i
+(times the SAE's scale):
 
     splice        x <- x_hat = decode(z)                  what the model does with the SAE's picture of x
     ablate i      x <- x - z_i d_i                         feature i's part removed, the rest (and the error) kept
@@ -18,16 +18,17 @@ features and d_i the unit direction of feature i (times the SAE's scale):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from sdviz import causal
+from sdviz.causal.interventions import Intervention, Listening, Steps
 from sdviz.concepts.sae import SAE
-from sdviz.events import Scope, current_call
-from sdviz.hooks import HookCall, hook_points
+from sdviz.hooks import HookCall
 
 
 def edit_rows(
@@ -57,7 +58,42 @@ def edit_rows(
     return out.to(x.dtype)
 
 
-@contextmanager
+class FeatureEdit(Intervention):
+    """An SAE's features edited at its hook point, on the conditional rows, in a window of steps (an intervention of
+    `sdviz.causal`: attach it with `sdviz.causal.intervene(pipe, FeatureEdit(...))` or with `intervene` below)."""
+
+    name = "FeatureEdit"
+
+    def __init__(
+        self,
+        sae: SAE,
+        splice: bool = False,
+        ablate: Sequence[int] = (),
+        clamp: dict[int, float] | None = None,
+        add: dict[int, float] | None = None,
+        swap: dict[int, int] | None = None,
+        gain: float = 1.0,
+        steps: Steps = 1.0,
+        point: str | None = None,
+    ):
+        super().__init__(steps)
+        for i in [*ablate, *(clamp or {}), *(add or {}), *(swap or {}), *(swap or {}).values()]:
+            sae.check_feature(i)
+        self.sae, self.point = sae, point
+        self.edit = {"splice": splice, "ablate": list(ablate), "clamp": clamp, "add": add, "swap": swap, "gain": gain}
+
+    def bind(self, pipe: Any) -> list[Listening]:
+        point = self.sae.check_pipe(pipe, self.point)  # trained on this model and point, or a one-line error
+        return [(point, self.cond_rows, self._edit)]
+
+    def _edit(self, x: Tensor, _hook: HookCall) -> Tensor:
+        b, c, h, w = x.shape  # the conditional rows of the UNet batch
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # (B', C, H, W) -> (B'*H*W, C)
+        with torch.no_grad():
+            edited = edit_rows(self.sae, rows, **self.edit)
+        return edited.reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B'*H*W, C) -> (B', C, H, W)
+
+
 def intervene(
     pipe: Any,
     sae: SAE,
@@ -67,36 +103,14 @@ def intervene(
     add: dict[int, float] | None = None,
     swap: dict[int, int] | None = None,
     gain: float = 1.0,
-    steps: Sequence[int] | None = None,
+    steps: Steps = 1.0,
     point: str | None = None,
-) -> Iterator[SAE]:
-    """Edit the SAE's hook point of `pipe` during the generations of the `with` block (see the module docstring).
+) -> AbstractContextManager:
+    """Edit the SAE's hook point of `pipe` during the generations of the `with` block (see the module docstring):
+    `sdviz.causal.intervene` with one `FeatureEdit`. `steps` is a window of the steps as a fraction (0.5: the first
+    half; (0.5, 1.0): the second).
 
     The SAE must have been trained on this model and hook point (a one-line error otherwise), and every feature
     index must exist (an error lists the valid range)."""
-    point = sae.check_pipe(pipe, point)
-    for i in [*ablate, *(clamp or {}), *(add or {}), *(swap or {}), *(swap or {}).values()]:
-        sae.check_feature(i)
-    wanted = None if steps is None else set(steps)
-
-    def editor(x: Tensor, _hook: HookCall) -> Tensor | None:
-        call = current_call()
-        if call is None or (wanted is not None and call.step not in wanted):
-            return None
-        b, c, h, w = x.shape
-        rows = call.cond_rows
-        cond = x[rows].permute(0, 2, 3, 1).reshape(-1, c)  # (B', C, H, W) -> (B'*H*W, C)
-        with torch.no_grad():
-            edited = edit_rows(sae, cond, splice, ablate, clamp, add, swap, gain)
-        out = x.clone()
-        out[rows] = edited.reshape(-1, h, w, c).permute(0, 3, 1, 2)  # (B'*H*W, C) -> (B', C, H, W)
-        return out
-
-    scope = Scope()
-    scope.open()
-    handle = hook_points(pipe)[point].listen(editor, edit=True, scope=scope)
-    try:
-        yield sae
-    finally:
-        scope.close()
-        handle.remove()
+    edit = FeatureEdit(sae, splice, ablate, clamp, add, swap, gain, steps, point)
+    return causal.intervene(pipe, edit)

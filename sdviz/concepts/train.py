@@ -63,12 +63,17 @@ def _batch(rows: Tensor, step: int, settings: TrainSettings) -> Tensor:
     return rows[torch.randint(len(rows), (settings.batch,), generator=g)].float()
 
 
+def _decode_sparse(sae: SAE, values: Tensor, indices: Tensor) -> Tensor:
+    """W_dec^T z for a z given by its k active (values, indices), (N, k) each -> (N, d), without the dense (N, n)."""
+    return torch.einsum("nk,nkd->nd", values, sae.W_dec[indices])  # W_dec[indices]: (N, k, d)
+
+
 def _losses(sae: SAE, x: Tensor, dead: Tensor, aux_k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Main and auxiliary loss on one batch (N, d) in normalised units; also which features fired (n,) bool."""
     pre = (x - sae.b_pre) @ sae.W_enc + sae.b_enc  # (N, d) @ (d, n) -> (N, n)
-    top = pre.topk(sae.k, dim=-1)
-    z = torch.zeros_like(pre).scatter(-1, top.indices, F.relu(top.values))  # (N, n), k non-zero per row
-    x_hat = z @ sae.W_dec + sae.b_pre  # (N, n) @ (n, d) -> (N, d)
+    top = pre.topk(sae.k, dim=-1)  # the k largest per row: (N, k) values and indices
+    values = F.relu(top.values)
+    x_hat = _decode_sparse(sae, values, top.indices) + sae.b_pre  # (N, d)
     error = x - x_hat
     main = (error**2).sum(-1).mean()
     aux = torch.zeros((), dtype=x.dtype)
@@ -76,10 +81,11 @@ def _losses(sae: SAE, x: Tensor, dead: Tensor, aux_k: int) -> tuple[Tensor, Tens
     if n_dead:
         dead_pre = pre.masked_fill(~dead, float("-inf"))  # only the dead features may take part
         top_dead = dead_pre.topk(min(aux_k, n_dead), dim=-1)
-        z_aux = torch.zeros_like(pre).scatter(-1, top_dead.indices, F.relu(top_dead.values))
-        e_hat = z_aux @ sae.W_dec  # (N, d): what the dead features make of the error
+        e_hat = _decode_sparse(sae, F.relu(top_dead.values), top_dead.indices)  # what the dead make of the error
         aux = ((error.detach() - e_hat) ** 2).sum(-1).mean()
-    return main, aux, (z > 0).any(0)
+    fired = torch.zeros(sae.n, dtype=torch.bool)
+    fired[top.indices[values > 0]] = True
+    return main, aux, fired
 
 
 def train(

@@ -31,6 +31,8 @@ DELEGATED = {
     "train": ("sdviz.toy.train", "train the embedded model on the captioned-shapes world"),
     "evaluate": ("sdviz.toy.evaluate", "measure how well the embedded model follows its prompts"),
     "validate-attention": ("sdviz.toy.validate_attention", "compare attention maps with ground-truth object masks"),
+    "invert": ("sdviz.inversion_cli:main_invert", "invert your own picture: the noise (and null text) that redraw it"),
+    "explain": ("sdviz.inversion_cli:main_explain", "where each word looks, on your own picture (inverted, traced)"),
     "sae": ("sdviz.concepts.cli", "sparse autoencoders on UNet activations: collect, train, grade, check causally"),
     "causal": ("sdviz.toy.causal_tracing", "causal tracing on the toy world, graded by the judge (--quick: few pairs)"),
 }
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATED:
-        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0
+        module, _, function = DELEGATED[argv[0]][0].partition(":")  # "module" (its main) or "module:function"
+        return getattr(importlib.import_module(module), function or "main")(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

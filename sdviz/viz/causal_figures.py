@@ -65,8 +65,8 @@ def causal_map(data: dict[str, Any] | None = None) -> Figure:
     fig.colorbar(im, ax=ax, shrink=0.6, label="share of the clean attribute restored")
     s = data["settings"]
     fig.suptitle(
-        f"Causal tracing on the embedded model: one cell of the clean run restored in the corrupted run "
-        f"({s['steps']} {s['sampler']} steps, cfg {s['cfg_scale']:g}; graded by the judge)",
+        f"Causal tracing on the embedded model: one cell of the clean run restored in the corrupted run\n"
+        f"({s['steps']} {s['sampler']} steps, cfg {s['cfg_scale']:g}; graded by the judge; blank: not measured)",
         fontsize=10,
     )
     return fig

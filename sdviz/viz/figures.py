@@ -141,6 +141,7 @@ def write_readme_figures(
     from sdviz.pipeline import EMBEDDED_MODEL
     from sdviz.viz.animate import readme_animation
     from sdviz.viz.causal_figures import causal_map
+    from sdviz.viz.inversion_figures import inversion_chart
     from sdviz.viz.sae_figure import concepts_chart
     from sdviz.viz.sampler_figures import quality_chart
     from sdviz.viz.training_figure import training_losses_figure
@@ -152,6 +153,7 @@ def write_readme_figures(
         figures["training_losses.png"] = training_losses_figure(EMBEDDED_MODEL)
     if pipe is None:
         figures["sampler_quality.png"] = quality_chart()  # drawn from readme-images/sampler_quality.json
+        figures["inversion.png"] = inversion_chart()  # drawn from readme-images/inversion.json
         figures["sae_concepts.png"] = concepts_chart()  # drawn from sdviz/toy/sae/sae_record.json
         figures["causal_map.png"] = causal_map()  # drawn from readme-images/causal_tracing.json
     written = [save(fig, out / name) for name, fig in figures.items()]

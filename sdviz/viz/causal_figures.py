@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
+
+from sdviz.viz.display import Figure  # a matplotlib Figure that shows itself as a picture in Jupyter
 
 SHORT = {  # hook point -> a label a reader can place in the UNet
     "unet.down_blocks.0.attentions.0.hook_block_out": "down 16x16",

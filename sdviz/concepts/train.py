@@ -103,7 +103,7 @@ def train(
     d = rows.shape[1]
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = torch.load(ckpt_path, weights_only=True)  # plain tensors, numbers and strings: nothing that runs code
         if ckpt["settings"] != asdict(settings) or ckpt["point"] != point:
             raise ValueError(f"out: {out} holds a run with other settings or another hook point; use a new folder")
         sae = SAE(d, ckpt["n"], settings.k, point, model, ckpt["scale"])

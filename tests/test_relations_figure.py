@@ -26,5 +26,8 @@ def test_the_figure_shows_a_wrong_and_a_right_relation() -> None:
     wrong, right = drawn[0].get_ylabel(), drawn[6].get_ylabel()
     assert "red circle below the blue square" in wrong and "relation WRONG)" in wrong, wrong
     assert "red circle above the blue square" in right and "relation right)" in right, right
-    tops = [im.get_clim()[1] for ax in drawn[1:6] + drawn[7:] for im in ax.images[1:]]
-    assert len(set(tops)) == 1  # one shared scale
+    maps = [ax.images[-1] for ax in drawn[1:6] + drawn[7:]]  # each map panel: the map, drawn beside the picture
+    assert all(im.get_cmap().name == "magma" for im in maps)
+    assert len({im.get_clim() for im in maps}) == 1  # one shared scale
+    top = max(float(im.get_array().max()) for im in maps)
+    assert maps[0].get_clim()[1] == pytest.approx(top)  # the scale ends at the largest map's peak

@@ -40,6 +40,7 @@ _LAZY = {
     "Studio": "sdviz.viz.widgets.front_panel",
     "studio": "sdviz.viz.widgets.front_panel",
     "reweight_widget": "sdviz.viz.widgets.reweight",
+    "feature_browser": "sdviz.viz.widgets.features",
 }
 
 __all__ = sorted(_LAZY)

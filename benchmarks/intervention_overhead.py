@@ -40,7 +40,7 @@ def main() -> None:
         "AblateHead 0, every cross-attention layer": lambda: [AblateHead(None, 0)],
         "AblateCrossAttention, every layer": lambda: [AblateCrossAttention()],
         "AblateBlock mid, every step": lambda: [AblateBlock("unet.mid_block")],
-        "Patch a block, first half of the steps": lambda: [Patch(clean, MID, steps=0.5)],
+        "Patch a block, first half of the steps": lambda: [Patch(clean, MID, window=0.5)],
         "Patch every UNet hook point, every step": lambda: [Patch(clean_all)],
         "PatchText layer 0, colour token": lambda: [PatchText(CLEAN, CORRUPT, 0, [3])],
     }

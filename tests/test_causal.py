@@ -81,9 +81,9 @@ def test_patching_everything_gives_the_clean_run_and_nothing_the_corrupted(pipe,
 
 def test_a_patch_in_a_window_moves_towards_the_clean_run(pipe, runs):
     plain, corrupted, clean = runs
-    with intervene(pipe, Patch(clean, hooks="unet.hook_out", steps=(0.5, 1.0))):
+    with intervene(pipe, Patch(clean, hooks="unet.hook_out", window=(0.5, 1.0))):
         late = pipe.generate(CORRUPT, **KW).latents
-    with intervene(pipe, Patch(clean, hooks="unet.hook_out", steps=(0.0, 0.5))):
+    with intervene(pipe, Patch(clean, hooks="unet.hook_out", window=(0.0, 0.5))):
         early = pipe.generate(CORRUPT, **KW).latents
     assert not torch.equal(late, corrupted) and not torch.equal(early, corrupted)
     assert (early - plain).abs().mean() < (corrupted - plain).abs().mean()
@@ -117,7 +117,7 @@ def test_each_ablation_changes_the_picture_and_only_in_its_window(pipe, runs, in
         out = pipe.generate(CLEAN, **KW).latents
     assert (out - plain).abs().max() > 1e-3
     # the same ablation in the last step only: the first three steps are untouched, so x_1 is the plain run's
-    intervention.steps = (0.75, 1.0)
+    intervention.window = (0.75, 1.0)
     seen = []
     with intervene(pipe, intervention):
         pipe.generate(CLEAN, **KW, on_step=lambda s: seen.append(s.latents.clone()))
@@ -171,15 +171,23 @@ def test_bad_input_is_one_line_and_leaves_nothing_attached(pipe, runs, make, gen
     assert torch.equal(pipe.generate(CLEAN, **KW).latents, plain)
 
 
-@pytest.mark.parametrize("steps", [(0.5, 0.5), 1.5, (-0.1, 0.5), (0.8, 0.2), "half"])
-def test_a_step_window_outside_0_1_or_empty_is_refused(steps):
+@pytest.mark.parametrize("window", [(0.5, 0.5), 1.5, (-0.1, 0.5), (0.8, 0.2), "half"])
+def test_a_step_window_outside_0_1_or_empty_is_refused(window):
     with pytest.raises((ValueError, TypeError)) as info:
-        AblateWord("red", steps=steps)
-    assert "steps" in str(info.value) and "\n" not in str(info.value)
+        AblateWord("red", window=window)
+    assert "window" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_window_is_named_window_not_steps(runs):
+    """`steps` is a count in `generate`; an intervention's window of fractions of them has its own name."""
+    with pytest.raises(TypeError, match=r"Patch\(steps=\.\.\.\) is now window="):
+        Patch(runs[2], steps=0.5)
+    with pytest.raises(TypeError, match=r"AblateWord\(steps=\.\.\.\) is now window="):
+        AblateWord("red", steps=(0.0, 0.5))
 
 
 def test_a_window_too_narrow_for_the_steps_is_refused(pipe, runs):
     with pytest.raises(ValueError, match="selects none of the 4 steps"):
-        with intervene(pipe, AblateWord("red", steps=(0.1, 0.2))):
+        with intervene(pipe, AblateWord("red", window=(0.1, 0.2))):
             pipe.generate(CLEAN, **KW)
     assert _nothing_attached(pipe)

@@ -134,7 +134,7 @@ def test_intervene_changes_only_the_conditional_rows_at_the_saes_point(embedded_
 
     sae = SAE(96, 192, 8, point=POINTS[0], model=model_fingerprint(embedded_pipe))
     got = []
-    steer = intervene(embedded_pipe, sae, add={5: 3.0}, steps=(0.5, 1.0))  # step 1 of 2
+    steer = intervene(embedded_pipe, sae, add={5: 3.0}, window=(0.5, 1.0))  # step 1 of 2
     with steer, hooks(embedded_pipe, POINTS[0], lambda _, x: got.append(x)):
         embedded_pipe.generate("a red circle", seed=0, steps=2, cfg_scale=5.0, sampler="ddim", progress=False)
     plain = []

@@ -2,11 +2,11 @@
 
     from sdviz.causal import intervene, record, AblateWord, Patch
 
-    with intervene(pipe, AblateWord("red", layers="unet.up_blocks", steps=0.5)):
+    with intervene(pipe, AblateWord("red", layers="unet.up_blocks", window=0.5)):
         ablated = pipe.generate("a red circle on the left", seed=1)
 
     clean = record(pipe, "a red circle on the left", seed=1)
-    with intervene(pipe, Patch(clean, hooks="unet.mid_block", steps=(0.0, 0.3))):
+    with intervene(pipe, Patch(clean, hooks="unet.mid_block", window=(0.0, 0.3))):
         patched = pipe.generate("a blue circle on the left", seed=1)
 
 `interventions.py` holds the ablations and the `with` block that attaches them; `patching.py` the recordings and

@@ -4,20 +4,20 @@ A trace (`sdviz.trace`) shows *where* a word's attention went; an intervention s
 the word (a head, a layer, a block) out, generate again from the same seed, and compare. Each intervention is a set
 of editor listeners on named hook points (`sdviz.hooks`), attached for the duration of a `with` block:
 
-    with sdviz.causal.intervene(pipe, AblateWord("red", layers="unet.up_blocks", steps=(0.0, 0.5))):
+    with sdviz.causal.intervene(pipe, AblateWord("red", layers="unet.up_blocks", window=(0.0, 0.5))):
         pipe.generate("a red circle on the left", seed=1)
 
-    AblateWord(word, layers, steps, mode)   the word's tokens at the cross-attention layers `layers`, in a window of
+    AblateWord(word, layers, window, mode)  the word's tokens at the cross-attention layers `layers`, in a window of
                                             steps: "zero" its attention column, "renorm" (zero it, then renormalise
                                             each row to sum 1), or "padding" (its context vectors replaced by the
                                             padding token's, at `...hook_context`)
-    AblateHead(layers, head, steps)         a head's attention probabilities zeroed, so its output is 0
-    AblateCrossAttention(layers, steps)     the layer's cross-attention reads the unconditional context
-    AblateBlock(blocks, steps)              a block's output (`...attentions.k.hook_block_out`) replaced by its mean
+    AblateHead(layers, head, window)        a head's attention probabilities zeroed, so its output is 0
+    AblateCrossAttention(layers, window)    the layer's cross-attention reads the unconditional context
+    AblateBlock(blocks, window)             a block's output (`...attentions.k.hook_block_out`) replaced by its mean
                                             over the rows of the UNet call
     Patch / PatchText (sdviz.causal.patching)   a clean run's activations restored inside another run
 
-Step windows are prompt-to-prompt's fractions of the steps (`sdviz.editing.control.step_range`): 0.5 is the first
+Windows (`window=`) are prompt-to-prompt's fractions of the steps (`sdviz.editing.control.step_range`): 0.5 is the first
 half, (0.5, 1.0) the second. As in prompt-to-prompt, ablations touch the conditional rows of a guided batch only.
 
 The `with` block opens a `Scope` (only generations started inside it are changed), attaches every listener and one
@@ -50,21 +50,21 @@ Steps = float | tuple[float, float]
 Listening = tuple[str, Callable[[int], slice], Callable[[Tensor, HookCall], Tensor | None]]
 
 
-def check_window(steps: Any, what: str = "steps") -> Steps:
-    """A step window as prompt-to-prompt writes it (0.5, or (0.2, 0.8)); one-line errors for one outside [0, 1] or
-    empty."""
-    step_range(steps, 1, what)  # the type and 0 <= start <= end <= 1
-    lo, hi = (0.0, float(steps)) if isinstance(steps, int | float) else (float(steps[0]), float(steps[1]))
+def check_window(window: Any, what: str = "window") -> Steps:
+    """A window of the steps as fractions, as prompt-to-prompt writes it (0.5, or (0.2, 0.8)); one-line errors for
+    one outside [0, 1] or empty."""
+    step_range(window, 1, what)  # the type and 0 <= start <= end <= 1
+    lo, hi = (0.0, float(window)) if isinstance(window, int | float) else (float(window[0]), float(window[1]))
     if hi <= lo:
-        raise ValueError(f"{what}={steps!r} is an empty window of steps: give start < end, e.g. (0.0, 0.5)")
-    return steps
+        raise ValueError(f"{what}={window!r} is an empty window of steps: give start < end, e.g. (0.0, 0.5)")
+    return window
 
 
-def window_steps(steps: Steps, n: int, what: str = "steps") -> range:
+def window_steps(window: Steps, n: int, what: str = "window") -> range:
     """The step indices of a window in a generation of n steps; a window too narrow to hold one step is an error."""
-    chosen = step_range(steps, n, what)
+    chosen = step_range(window, n, what)
     if not len(chosen):
-        raise ValueError(f"{what}={steps!r} selects none of the {n} steps: widen the window")
+        raise ValueError(f"{what}={window!r} selects none of the {n} steps: widen the window")
     return chosen
 
 
@@ -77,8 +77,10 @@ class Intervention:
 
     name = "intervention"
 
-    def __init__(self, steps: Steps = 1.0):
-        self.steps = check_window(steps)
+    def __init__(self, window: Steps = 1.0, *, steps: Any = None):
+        if steps is not None:  # `steps` is a count in `generate`; a window of them has its own name (as in Aggregator)
+            raise TypeError(f"{type(self).__name__}(steps=...) is now window=... (a window of fractions of the steps)")
+        self.window = check_window(window)
         self.info: GenerationInfo | None = None
         self.active: range = range(0)
 
@@ -87,7 +89,7 @@ class Intervention:
 
     def setup(self, pipe: StableDiffusion, info: GenerationInfo) -> None:
         self.info = info
-        self.active = window_steps(self.steps, len(info.timesteps))
+        self.active = window_steps(self.window, len(info.timesteps))
 
     def finish(self) -> None:
         self.info, self.active = None, range(0)
@@ -109,7 +111,7 @@ class Intervention:
         return EMPTY if call is None else slice(0, batch)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.steps!r})"
+        return f"{type(self).__name__}(window={self.window!r})"
 
 
 def unet_layers(pipe: StableDiffusion, filter: Filter, suffix: str, what: str) -> list[str]:
@@ -149,8 +151,10 @@ class AblateWord(Intervention):
     name = "AblateWord"
     MODES = ("zero", "renorm", "padding")
 
-    def __init__(self, word: str, layers: Filter = None, steps: Steps = 1.0, mode: str = "zero"):
-        super().__init__(steps)
+    def __init__(
+        self, word: str, layers: Filter = None, window: Steps = 1.0, mode: str = "zero", *, steps: Any = None
+    ):
+        super().__init__(window, steps=steps)
         if not isinstance(word, str) or not word.strip():
             raise TypeError(f"word must be a word of the prompt, got {word!r}")
         if mode not in self.MODES:
@@ -187,7 +191,7 @@ class AblateWord(Intervention):
         return out
 
     def __repr__(self) -> str:
-        return f"AblateWord({self.word!r}, layers={self.layers!r}, steps={self.steps!r}, mode={self.mode!r})"
+        return f"AblateWord({self.word!r}, layers={self.layers!r}, window={self.window!r}, mode={self.mode!r})"
 
 
 class AblateHead(Intervention):
@@ -195,8 +199,10 @@ class AblateHead(Intervention):
 
     name = "AblateHead"
 
-    def __init__(self, layers: Filter, head: int, steps: Steps = 1.0, kind: str = "cross"):
-        super().__init__(steps)
+    def __init__(
+        self, layers: Filter, head: int, window: Steps = 1.0, kind: str = "cross", *, steps: Any = None
+    ):
+        super().__init__(window, steps=steps)
         if isinstance(head, bool) or not isinstance(head, int) or head < 0:
             raise ValueError(f"head must be a head index >= 0, got {head!r}")
         if kind not in ("cross", "self"):
@@ -223,8 +229,8 @@ class AblateCrossAttention(Intervention):
 
     name = "AblateCrossAttention"
 
-    def __init__(self, layers: Filter = None, steps: Steps = 1.0):
-        super().__init__(steps)
+    def __init__(self, layers: Filter = None, window: Steps = 1.0, *, steps: Any = None):
+        super().__init__(window, steps=steps)
         self.layers = layers
         self.empty: Tensor | None = None  # the empty prompt's context, for unguided generations
 
@@ -249,8 +255,8 @@ class AblateBlock(Intervention):
 
     name = "AblateBlock"
 
-    def __init__(self, blocks: Filter, steps: Steps = 1.0):
-        super().__init__(steps)
+    def __init__(self, blocks: Filter, window: Steps = 1.0, *, steps: Any = None):
+        super().__init__(window, steps=steps)
         self.blocks = blocks
 
     def bind(self, pipe: StableDiffusion) -> list[Listening]:

@@ -7,12 +7,12 @@ window of steps, put back what the clean run computed there. If the picture turn
 those steps, carried "red".
 
     clean = record(pipe, "a red circle on the left", seed=1, steps=10, sampler="ddim", cfg_scale=5)
-    with intervene(pipe, Patch(clean, hooks="unet.mid_block.attentions.0.hook_block_out", steps=(0.0, 0.3))):
+    with intervene(pipe, Patch(clean, hooks="unet.mid_block.attentions.0.hook_block_out", window=(0.0, 0.3))):
         patched = pipe.generate("a blue circle on the left", seed=1, steps=10, sampler="ddim", cfg_scale=5)
 
     record(pipe, prompt, hooks="unet", **generate_kwargs)  -> Recording: the run's picture, latents, settings, and
                                                               its activations at the hook points, per step and call
-    Patch(source, hooks=None, steps=1.0)                    restore them (all rows of each UNet call) in a window
+    Patch(source, hooks=None, window=1.0)                   restore them (all rows of each UNet call) in a window
     PatchText(source_prompts, into, layers, positions)      the text encoder: restore the clean prompt's residual
                                                               stream after layer L at token positions P, while
                                                               the prompts `into` are encoded
@@ -167,8 +167,8 @@ class Patch(Intervention):
 
     name = "Patch"
 
-    def __init__(self, source: Recording, hooks: Filter = None, steps: Steps = 1.0):
-        super().__init__(steps)
+    def __init__(self, source: Recording, hooks: Filter = None, window: Steps = 1.0, *, steps: Any = None):
+        super().__init__(window, steps=steps)
         if not isinstance(source, Recording):
             raise TypeError(f"source must be a Recording (sdviz.causal.record(...)), got {type(source).__name__}")
         self.source, self.hooks = source, hooks
@@ -194,7 +194,7 @@ class Patch(Intervention):
         return clean  # the hook point copies it into the tensor that flows on
 
     def __repr__(self) -> str:
-        return f"Patch(source={self.source.prompts!r}, hooks={self.hooks!r}, steps={self.steps!r})"
+        return f"Patch(source={self.source.prompts!r}, hooks={self.hooks!r}, window={self.window!r})"
 
 
 def token_count(pipe: StableDiffusion, prompt: str) -> int:

@@ -73,10 +73,12 @@ class FeatureEdit(Intervention):
         add: dict[int, float] | None = None,
         swap: dict[int, int] | None = None,
         gain: float = 1.0,
-        steps: Steps = 1.0,
+        window: Steps = 1.0,
         point: str | None = None,
+        *,
+        steps: Any = None,
     ):
-        super().__init__(steps)
+        super().__init__(window, steps=steps)
         for i in [*ablate, *(clamp or {}), *(add or {}), *(swap or {}), *(swap or {}).values()]:
             sae.check_feature(i)
         self.sae, self.point = sae, point
@@ -103,14 +105,14 @@ def intervene(
     add: dict[int, float] | None = None,
     swap: dict[int, int] | None = None,
     gain: float = 1.0,
-    steps: Steps = 1.0,
+    window: Steps = 1.0,
     point: str | None = None,
 ) -> AbstractContextManager:
     """Edit the SAE's hook point of `pipe` during the generations of the `with` block (see the module docstring):
-    `sdviz.causal.intervene` with one `FeatureEdit`. `steps` is a window of the steps as a fraction (0.5: the first
+    `sdviz.causal.intervene` with one `FeatureEdit`. `window` is a window of the steps as a fraction (0.5: the first
     half; (0.5, 1.0): the second).
 
     The SAE must have been trained on this model and hook point (a one-line error otherwise), and every feature
     index must exist (an error lists the valid range)."""
-    edit = FeatureEdit(sae, splice, ablate, clamp, add, swap, gain, steps, point)
+    edit = FeatureEdit(sae, splice, ablate, clamp, add, swap, gain, window, point)
     return causal.intervene(pipe, edit)

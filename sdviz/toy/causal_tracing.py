@@ -191,7 +191,7 @@ def trace_attribute(
             pos = [p[cell["token"]] for p in positions]
             iv = PatchText(clean_prompts, dirty_prompts, cell["layer"], pos)
         else:
-            iv = Patch(clean, hooks=cell["hook"], steps=WINDOWS[cell["window"]])
+            iv = Patch(clean, hooks=cell["hook"], window=WINDOWS[cell["window"]])
         with intervene(pipe, iv):
             patched = pipe.generate(dirty_prompts, seed=seeds, **kw).images
         restored = [holds(patched[i], clean_prompts[i], attribute) for i in valid]

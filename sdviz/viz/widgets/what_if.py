@@ -154,17 +154,18 @@ class WhatIf:
         from sdviz.causal import AblateCrossAttention, AblateHead, AblateWord, Patch, record
 
         layers = None if self.layer.value == "every layer" else self.layer.value
-        steps = tuple(self.window.value)
+        window = tuple(self.window.value)
         kind = self.kind.value
         if kind == KINDS[0]:
-            return AblateWord(self.word.value, layers=layers, steps=steps, mode=self.mode.value)
+            return AblateWord(self.word.value, layers=layers, window=window, mode=self.mode.value)
         if kind == KINDS[1]:
-            return AblateHead(layers, int(self.head.value), steps=steps)
+            return AblateHead(layers, int(self.head.value), window=window)
         if kind == KINDS[2]:
-            return AblateCrossAttention(layers, steps=steps)
+            return AblateCrossAttention(layers, window=window)
         kw = {**self.generate_kwargs, "negative_prompt": self.negative}
         hooks = "unet.*.hook_block_out" if layers is None else f"{layers.rsplit('.', 2)[0]}.hook_block_out"
-        return Patch(record(self.pipe, self.source.value, hooks=hooks, seed=self.seed, **kw), hooks=hooks, steps=steps)
+        source = record(self.pipe, self.source.value, hooks=hooks, seed=self.seed, **kw)
+        return Patch(source, hooks=hooks, window=window)
 
     def regenerate(self) -> Any:
         """Run the intervention the controls describe, and show before, after, their difference and the verdict."""

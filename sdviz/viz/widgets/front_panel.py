@@ -7,7 +7,9 @@
 Prompt, negative prompt, seed, steps, guidance, sampler and size; Generate shows a progress bar and the predicted
 clean picture x0 at every step (the VAE's decode of it for small pictures, the linear latent preview for large
 ones). When the picture is done, the player and the attention explorer of the new trace open in tabs, beside a
-guidance tab (the same seed at several cfg values) and a seed grid. A setting the pipeline refuses (a size that is
+guidance tab (the same seed at several cfg values) and a seed grid. The "Your picture" tab takes an upload (a PNG or
+JPEG and its caption): it inverts it, shows the redraw with its PSNR, then explains it with the explorer and edits
+it by prompt-to-prompt (`upload.py`, `sdviz.inversion`). A setting the pipeline refuses (a size that is
 not a multiple of 8, steps < 1, an unknown sampler...) shows the pipeline's one-line error in the panel, and a
 warning the pipeline gives (a prompt with no word the embedded model was trained on) shows there too, beside
 "done". Under the panel, a static picture of the last run (x₀ at a few steps and the picture) stays in the saved
@@ -27,6 +29,7 @@ from IPython.display import display
 
 from sdviz.viz.widgets import frames as F
 from sdviz.viz.widgets.common import StaticPicture, error, panel, placeholder
+from sdviz.viz.widgets.upload import UploadPanel
 
 if TYPE_CHECKING:
     from sdviz.pipeline import GenerationResult, StableDiffusion, StepInfo
@@ -75,7 +78,8 @@ class Studio:
 
     The settings are the widgets' values (`prompt`, `negative`, `seed`, `steps`, `cfg`, `sampler`, `size`);
     `generate()` does what the Generate button does and returns the trace (None after an error, which the panel
-    shows). `trace`, `result`, `player` and `explorer` hold the last run.
+    shows). `trace`, `result`, `player` and `explorer` hold the last run; `upload` is the "Your picture" tab's
+    `UploadPanel`.
     """
 
     def __init__(
@@ -123,9 +127,10 @@ class Studio:
         self.live.add_class("sdviz-live")
         self.picture = W.Image(value=blank, format="png", layout=W.Layout(width=f"{panel_size}px"))
         self.picture.add_class("sdviz-picture")
+        self.upload = UploadPanel(self.pipe, panel_size)  # your own picture: invert, explain, edit
         self.tabs = W.Tab(children=[self._waiting("the player"), self._waiting("the explorer"),
-                                    self._guidance_tab(), self._seeds_tab()])  # fmt: skip
-        for i, title in enumerate(("Player", "Explorer", "Guidance", "Seeds")):
+                                    self._guidance_tab(), self._seeds_tab(), self.upload.widget])  # fmt: skip
+        for i, title in enumerate(("Player", "Explorer", "Guidance", "Seeds", "Your picture")):
             self.tabs.set_title(i, title)
         self.button.on_click(lambda _: self.generate())
         self.widget = W.VBox(

@@ -1,24 +1,20 @@
 """The feature browser: what one feature of a sparse autoencoder (SAE) fires on, where and when, and what the picture
 loses when it is switched off.
 
-    from sdviz.viz.widgets.features import feature_browser
+    from sdviz.viz.widgets import feature_browser
     feature_browser(pipe)          # the shipped SAE of up_blocks.0.attentions.1 over 8 held-out pictures, 10 steps
 
-When the panel opens it generates a few pictures (default: 8 held-out captions of the toy world, 10 DDIM steps, about
-half a second each on the embedded model) and encodes the activation at the SAE's hook point, at every pixel and
-every step, with the SAE (`sae.encode`, the conditional half of the guided batch: the rows the SAE was trained on).
-Everything the panel then shows is read from those codes, so picking a feature or a pixel costs no generation:
+When the panel opens it generates a few pictures (default: 8 held-out captions of the toy world, 10 DDIM steps, half
+a second each) and encodes the SAE's hook point with the SAE at every pixel and step (the conditional rows, the ones
+it was trained on). The panel reads everything from those codes, so picking a feature or a pixel generates nothing:
 
-- **a feature** (typed, or picked among those the SAE's grading found best for a world concept, with the concept and
-  its held-out AUROC from `sae_record.json`): the pictures where it fires most, each with its map beside it (in
-  `style.HEAT`, one colour scale for the panel, the objects' outlines in cyan). A map is the feature's activation
-  averaged over the *late* steps (the last quarter), where the grading measured it too;
-- **where it fires over the steps**: its largest and mean activation at each step of the chosen picture (the other
-  pictures' largest in grey), and its map at every step;
+- **a feature** (typed, or among those the grading found best for a world concept, with its held-out AUROC from
+  `sae_record.json`): the pictures where it fires most, each with its map beside it (`style.HEAT`, one scale for the
+  panel, the objects' outlines in cyan): its activation averaged over the late steps (the last quarter), as graded;
+- **over the steps**: its largest and mean activation at each step of the chosen picture, and its map at each step;
 - **a pixel** (click a picture or a map): the features active there, strongest first, with their concepts;
-- **switch it off**: the chosen picture generated again with the feature ablated at every pixel and step
-  (`sdviz.concepts.intervene(pipe, sae, ablate=[i])`, a `FeatureEdit` of `sdviz.causal`), shown before, after and
-  their difference, with the toy judge's verdict on both.
+- **switch it off**: the chosen picture generated again with the feature ablated (`sdviz.concepts.intervene(pipe,
+  sae, ablate=[i])`, a `FeatureEdit` of `sdviz.causal`): before, after, their difference and the judge's verdicts.
 
 A bad feature index is the SAE's own one-line error (it lists the valid range), in the panel.
 """
@@ -47,7 +43,8 @@ if TYPE_CHECKING:
 SIZE = 128  # pixels of each shown picture and map: a whole multiple of 64 (the picture) and of 8 or 16 (the maps)
 TOP = 4  # pictures shown for a feature, strongest first
 STRIP = 64  # pixels of each map in the strip of steps
-CSS = "<style>.sdviz-features img {image-rendering: pixelated}</style>"
+CSS = ("<style>.sdviz-features img {image-rendering: pixelated} .sdviz-features .widget-html-content {line-height: "
+       "1.4} .sdviz-features-ranking td, .sdviz-features-ranking th {padding: 0 6px}</style>")  # blocky, compact
 
 
 @dataclass
@@ -120,6 +117,12 @@ def describe(labels: dict[int, list[tuple[str, float]]], feature: int, many: int
     return text + (f" +{len(found) - many} more" if len(found) > many else "")
 
 
+def put(image: W.Image, png: bytes) -> None:
+    """Show PNG bytes at their natural width (read from the PNG header): the browser never resamples them."""
+    image.value, image.layout.width = png, f"{int.from_bytes(png[16:20], 'big')}px"
+    image.layout.min_width = image.layout.width  # a narrow notebook scrolls instead of squeezing it
+
+
 def mark(a: np.ndarray, y: int, x: int, hw: tuple[int, int]) -> np.ndarray:
     """A white square with a black border around map pixel (y, x) of a picture shown at a whole multiple of `hw`."""
     a, f = a.copy(), a.shape[0] // hw[0]
@@ -158,21 +161,18 @@ class FeatureBrowser:
         self.graded = W.Dropdown(options=[(f"{f}: {describe(self.labels, f, 1)}", f) for f in graded], value=None,
                                  description="graded", layout=W.Layout(width="380px"))  # fmt: skip
         self.number = W.IntText(value=feature, description="feature", layout=W.Layout(width="180px"))
-        self.about = W.HTML()
-        self.status = W.HTML()
+        self.about, self.status, self.scale = W.HTML(), W.HTML(), W.HTML()
         self.tiles = [self._tile(i) for i in range(min(TOP, len(self.runs)))]
-        self.scale = W.HTML()
-        self.chart = W.Image(format="png", value=placeholder(460, 240))
-        self.strip = W.Image(format="png", value=placeholder(STRIP))
+        self.chart, self.strip, self.compare = (W.Image(format="png") for _ in range(3))
         self.strip_caption = W.HTML("<div style='font-size:11px'>its map at each step of the chosen picture (0 = "
                                     "the noisiest; the same colour scale)</div>")  # fmt: skip
         self.at_pixel = W.HTML(
             "<div style='font-size:12px;color:#666'>click a picture or a map to list the features active there</div>",
-            layout=W.Layout(width="330px", min_width="330px", margin="0 0 0 16px"),
+            layout=W.Layout(width="360px", min_width="360px", margin="0 0 0 8px"),
         )
-        self.off = W.Button(button_style="warning", layout=W.Layout(width="auto"))
-        self.compare = W.Image(format="png", value=placeholder(3 * SIZE + 8, 24))
-        self.verdict = W.HTML()
+        self.off = W.Button(button_style="warning", layout=W.Layout(width="420px", margin="8px 0"))
+        self.verdict = W.HTML(layout=W.Layout(width="420px"))
+        self.switch = W.VBox([self.off, self.compare, self.verdict], layout=W.Layout(margin="0 0 0 16px"))
         self.graded.observe(self._on_graded, "value")
         self.number.observe(lambda c: self.show(c["new"]), "value")
         self.off.on_click(lambda _: self.switch_off())
@@ -180,9 +180,9 @@ class FeatureBrowser:
                        f"active per pixel; {len(self.runs)} pictures of {len(self.runs[0].index)} steps")  # fmt: skip
         self.widget = W.VBox([
             W.HTML(CSS), title, W.HBox([self.graded, self.number]), self.about, self.status,
-            W.HBox([t[0] for t in self.tiles], layout=W.Layout(flex_flow="row wrap")), self.scale,
-            W.HBox([self.chart, self.at_pixel], layout=W.Layout(align_items="flex-start")), self.strip_caption,
-            self.strip, self.off, self.compare, self.verdict,
+            W.HBox([W.HBox([t[0] for t in self.tiles]), self.at_pixel], layout=W.Layout(align_items="flex-start")),
+            self.scale, W.HBox([self.chart, self.switch], layout=W.Layout(align_items="flex-start")),
+            self.strip_caption, self.strip,
         ])  # fmt: skip
         named = {"": self.widget, "-graded": self.graded, "-number": self.number, "-about": self.about}
         named |= {"-status": self.status, "-pixel": self.at_pixel, "-off": self.off, "-compare": self.compare}
@@ -192,17 +192,17 @@ class FeatureBrowser:
         self.static = StaticPicture(placeholder(SIZE, 24), "the feature browser's pictures")
 
     def _tile(self, i: int) -> tuple[W.VBox, W.Image, W.Image, W.HTML]:
-        """One shown picture and its map, with a caption; a click on either picks a pixel (ipyevents)."""
+        """One shown picture, its map under it and a caption; a click on either picks a pixel (ipyevents)."""
         picture, heat = (W.Image(format="png", layout=W.Layout(width=f"{SIZE}px", min_width=f"{SIZE}px", margin=m))
-                         for m in ("0", "0 0 0 4px"))  # fmt: skip
+                         for m in ("0", "4px 0 0 0"))  # fmt: skip
         picture.add_class("sdviz-features-picture")
         heat.add_class("sdviz-features-map")
-        caption = W.HTML(layout=W.Layout(width=f"{2 * SIZE + 4}px"))
+        caption = W.HTML(layout=W.Layout(width=f"{SIZE}px"))
         for source in (picture, heat):  # ipyevents: a click in the picture's own pixels (shown at its natural size)
             events = Event(source=source, watched_events=["click"], prevent_default_action=True)
             events.on_dom_event(lambda e, i=i: self.click(i, e.get("dataX", 0), e.get("dataY", 0)))
             self._events.append(events)
-        box = W.VBox([caption, W.HBox([picture, heat])], layout=W.Layout(margin="0 12px 8px 0"))
+        box = W.VBox([picture, heat, caption], layout=W.Layout(margin="0 8px 8px 0"))  # captions last: pictures align
         return box, picture, heat, caption
 
     def _on_graded(self, change: dict) -> None:
@@ -219,8 +219,7 @@ class FeatureBrowser:
             self.status.value = error(str(e))
             return
         self.feature, self.pixel, self.after = feature, None, None
-        if self.graded.value != feature:
-            self.graded.value = feature if feature in self.labels else None
+        self.graded.value = feature if feature in self.labels else None  # (setting the same value does nothing)
         strength = [float(r.activation(feature)[self.late].mean(0).max()) for r in self.runs]
         self.order = sorted(range(len(self.runs)), key=lambda i: -strength[i])
         self.chosen = self.order[0]
@@ -232,7 +231,8 @@ class FeatureBrowser:
                              f"of {len(self.runs)} pictures; the strongest first</span>")  # fmt: skip
         self.scale.value = colour_bar(0.0, self.hi, f"feature {feature}'s activation (late steps' mean)", HEAT, 240)
         self.off.description = f"switch feature {feature} off and regenerate the chosen picture"
-        self.compare.value, self.verdict.value = placeholder(3 * SIZE + 8, 24), ""
+        put(self.compare, placeholder(3 * SIZE + 8, 24))
+        self.verdict.value = ""
         self._draw()
         self.static.update(F.png(self.overview()), f"feature {feature}: the pictures where it fires most, and its map")
 
@@ -254,10 +254,10 @@ class FeatureBrowser:
             chosen = " <b>(chosen)</b>" if self.order[rank] == self.chosen else ""
             caption.value = (f"<div style='font-size:11px;line-height:1.3'>#{rank + 1}{chosen}: "
                              f"{html.escape(run.prompt)}, seed {run.seed}; max {peak:.3g}</div>")  # fmt: skip
-        self.chart.value = self._chart()
+        put(self.chart, self._chart())
         run = self.runs[self.chosen]
         maps = [F.label(self._map(run, [s], STRIP), str(s), height=14) for s in range(len(run.index))]
-        self.strip.value = F.png(F.hstack(maps, gap=2))
+        put(self.strip, F.png(F.hstack(maps, gap=2)))
         if self.pixel is not None:
             self.at_pixel.value = self._pixel_html()
 
@@ -295,8 +295,7 @@ class FeatureBrowser:
 
     def features_at(self, run: int, y: int, x: int) -> list[tuple[int, float]]:
         """Every feature active at map pixel (y, x) of a run, averaged over the late steps, strongest first."""
-        r = self.runs[run]
-        z = r.at(y * r.hw[1] + x, self.late, self.sae.n)
+        z = self.runs[run].at(y * self.runs[run].hw[1] + x, self.late, self.sae.n)  # (n,)
         return [(int(f), float(z[f])) for f in np.argsort(-z, kind="stable") if z[f] > 0]
 
     def _pixel_html(self) -> str:
@@ -304,7 +303,7 @@ class FeatureBrowser:
         rows = "".join(
             f"<tr><td>{f}</td><td style='text-align:right'>{v:.3f}</td><td><div style='background:#b5367a;height:9px;"
             f"width:{max(1, int(60 * v / top))}px'></div></td><td>{html.escape(describe(self.labels, f, 1))}</td></tr>"
-            for f, v in self.ranked[:12]
+            for f, v in self.ranked[:10]
         )
         return (f"<div style='font-size:12px'><b>pixel (y={y}, x={x})</b> of the {h}x{w} map of #"
                 f"{self.order.index(self.chosen) + 1}: {len(self.ranked)} features active (late steps' mean)"
@@ -328,7 +327,7 @@ class FeatureBrowser:
         diff = np.abs(after.astype(np.int16) - run.picture.astype(np.int16)).max(-1).astype(np.float32)
         shown = ((run.picture, "before"), (after, f"feature {self.feature} off"),
                  (F.heat(diff, 0.0, max(1.0, float(diff.max()))), "|after - before|"))  # fmt: skip
-        self.compare.value = F.png(F.hstack([F.label(F.enlarge(a, SIZE), t) for a, t in shown]))
+        put(self.compare, F.png(F.hstack([F.label(F.enlarge(a, SIZE), t) for a, t in shown])))
         self.verdict.value = self._verdict(run, after)
         return after
 

@@ -75,6 +75,8 @@ def test_an_upload_is_inverted_and_its_redraw_has_a_real_psnr(inverted):
     db = psnr(SCENE.pil(), panel.redraw)  # recomputed against the world's own picture
     assert db == pytest.approx(panel.psnr_db) and db > 33, db  # measured 37.9 dB at 10 steps (DDIM at cfg 5: 28.8)
     assert f"PSNR {db:.1f} dB" in panel.psnr.value and f"PSNR {db:.1f} dB" in panel.redraw_caption.value
+    assert f"round trip (every redraw is decoded from latents): {panel.vae_db:.1f} dB" in said(panel.psnr)
+    assert db < panel.vae_db + 0.5  # the VAE is the ceiling
     assert panel.redraw_image.value[:4] == b"\x89PNG" and panel.progress.value == panel.progress.max == 2 * STEPS
     assert "done: inverted" in said(panel.status) and not panel.explain_button.disabled
     assert panel.target.value == "a large green circle above a small blue square"  # a colour the scene lacks

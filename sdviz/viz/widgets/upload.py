@@ -99,16 +99,20 @@ def replaced_words(source: str, target: str) -> tuple[str, str] | None:
 
 class UploadPanel:
     """The tab (`.widget`). `picture` is the uploaded picture at the model's size, `inversion` the last inversion,
-    `redraw` its redraw, `psnr_db` the redraw's PSNR against the picture, `trace` the explained redraw, `edited` the
-    last edit's result (images[0] the redraw, images[1] the edit)."""
+    `redraw` its redraw, `psnr_db` the redraw's PSNR against the picture (`vae_db`: the VAE round trip's, the
+    ceiling), `trace` the explained redraw, `edited` the last edit's result (images[0] the redraw, images[1] the
+    edit)."""
 
     def __init__(self, pipe: StableDiffusion, panel_size: int = 192, steps: int = 50, cfg_scale: float = 5.0,
                  method: str = "negative_prompt"):  # fmt: skip
         self.pipe, self.panel_size = pipe, panel_size
+        side, tile = pipe.config.image_size, panel_size * 2 // 3  # an edit tile: a whole factor of small pictures
+        self._tile = tile // side * side if side <= tile else tile
         self.picture: Image.Image | None = None
         self.inversion: Inversion | None = None
         self.redraw: Image.Image | None = None
         self.psnr_db: float | None = None
+        self.vae_db: float | None = None  # the VAE's round trip: the redraw's ceiling
         self.trace: Any = None
         self.explorer: Explorer | None = None
         self.edited: Any = None
@@ -131,10 +135,12 @@ class UploadPanel:
         self.psnr = W.HTML()
         self.explain_button = W.Button(description="Explain", icon="search", disabled=True)
         self.explain_box = W.VBox()
-        self.target = W.Text(description="edit to", style=style, layout=W.Layout(width="520px"))
+        self.target = W.Text(description="edit to", style={"description_width": "60px"},
+                             layout=W.Layout(width="440px"))  # fmt: skip
         self.edit_button = W.Button(description="Edit", icon="pencil", disabled=True)
-        self.edit_image = W.Image(value=placeholder(2 * panel_size, panel_size // 8), format="png",
-                                  layout=W.Layout(width=f"{2 * panel_size}px"))  # fmt: skip
+        pair = 2 * self._tile + 4  # the redraw and the edit side by side, 4 pixels apart (frames.hstack)
+        self.edit_box, self.edit_image, self.edit_caption = panel("the edit (press Edit)", pair,
+                                                                  placeholder(pair, self._tile))  # fmt: skip
         self.file.observe(lambda change: self.receive(change["new"]), names="value")
         self.invert_button.on_click(lambda _: self.invert())
         self.explain_button.on_click(lambda _: self.explain())
@@ -142,11 +148,13 @@ class UploadPanel:
         info = W.HTML("<div style='font-size:12px;color:#666'>a picture from elsewhere: inversion finds the noise "
                       "that redraws it, then the word maps and prompt-to-prompt work on it as on a generated one "
                       "(<code>sdviz.inversion</code>)</div>")  # fmt: skip
-        self.pictures = W.HBox([self.picture_box, self.redraw_box])
+        self.pictures = W.HBox(
+            [self.picture_box, self.redraw_box, self.edit_box], layout=W.Layout(align_items="flex-end")
+        )
         self.widget = W.VBox([
             W.HTML(CSS), info, W.HBox([self.file, self.caption]), W.HBox([self.method, self.steps, self.cfg]),
             W.HBox([self.invert_button, self.progress]), self.status, self.pictures, self.psnr,
-            W.HBox([self.explain_button]), self.explain_box, W.HBox([self.target, self.edit_button]), self.edit_image,
+            W.HBox([self.explain_button, self.target, self.edit_button]), self.explain_box,
         ])  # fmt: skip
         named = {"": self.widget, "-file": self.file, "-caption": self.caption, "-method": self.method,
                  "-invert": self.invert_button, "-status": self.status, "-pictures": self.pictures,
@@ -275,15 +283,28 @@ class UploadPanel:
         self._busy(False)
         self._show(self.redraw_image, self.redraw)
         self._caption(self.redraw_caption, f"the redraw, PSNR {self.psnr_db:.1f} dB")
+        self.vae_db = psnr(self.picture, self._vae_round_trip(self.picture))
         self.psnr.value = (f"<div style='font-size:12px'>reconstruction: <b>PSNR {self.psnr_db:.1f} dB</b> against "
                            f"your picture ({method}, {steps} steps, cfg {inv.cfg_scale:g}, {inv.seconds:.1f} s); "
-                           "the VAE's own round trip is the ceiling</div>")  # fmt: skip
+                           f"the ceiling, the VAE's own round trip (every redraw is decoded from latents): "
+                           f"{self.vae_db:.1f} dB</div>")  # fmt: skip
         if not self.target.value.strip() or self.target.value == self.caption.value:
             self.target.value = suggest_edit(caption, tuple((self.pipe.vocabulary or {}).get("colours", ())))
         self._say(f"done: inverted in {inv.seconds:.1f} s. Explain shows the word maps, Edit changes a word.",
                   warning=said)  # fmt: skip
-        self.explain_box.children, self.edit_image.value = [], placeholder(2 * self.panel_size, self.panel_size // 8)
+        self.explain_box.children, self.edit_image.value = [], placeholder(2 * self._tile + 4, self._tile)
+        self._caption(self.edit_caption, "the edit (press Edit)")
         return inv
+
+    def _vae_round_trip(self, picture: Image.Image) -> Image.Image:
+        """The picture encoded by the VAE and decoded again: what any redraw can reach at best."""
+        import torch
+
+        from sdviz.pipeline import image_to_tensor, tensor_to_images
+
+        with torch.no_grad():
+            z = self.pipe.encode_images(image_to_tensor(picture, picture.size[1], picture.size[0]))  # (1, 4, h, w)
+            return tensor_to_images(self.pipe.decode_latents(z))[0]
 
     # -- explain and edit --------------------------------------------------------------------------------------------
 
@@ -335,11 +356,9 @@ class UploadPanel:
             return None
         finally:
             self._busy(False, self.edit_button, "Edit")
-        size = self.panel_size
-        tiles = [F.label(F.enlarge(np.asarray(self.edited.images[0]), size), "redraw (DDIM inversion)"),
-                 F.label(F.enlarge(np.asarray(self.edited.images[1]), size), "edited")]  # fmt: skip
-        a = F.hstack(tiles)
-        self.edit_image.value, self.edit_image.layout.width = F.png(a), f"{a.shape[1]}px"
+        tiles = [F.enlarge(np.asarray(image), self._tile) for image in self.edited.images[:2]]
+        self.edit_image.value = F.png(F.hstack(tiles))  # (tile, 2 tile + 4, 3): the panel's width
+        self._caption(self.edit_caption, f"DDIM redraw | edited: {target}")
         how = f"replace {pair[0]!r} by {pair[1]!r}, local blend" if pair else "prompt-to-prompt"
         self._say(f"done: {target!r} ({how}){self._judge(target)}", warning=said)
         return self.edited

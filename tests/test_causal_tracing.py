@@ -57,6 +57,17 @@ def test_quick_sweep_writes_a_record_that_load_accepts(tmp_path):
     path.write_text(json.dumps(data))
     assert ct.load(path)["attributes"]["colour"]["cells"] == entry["cells"]
 
+    # --resume keeps the cells an earlier record holds and measures only the missing ones
+    earlier = copy.deepcopy(data)
+    kept = earlier["attributes"]["colour"]["cells"][:1]
+    kept[0]["restored"] = 0.123  # a value no measurement of 3 pairs can give: proof it was kept, not measured again
+    earlier["attributes"]["colour"]["cells"] = kept
+    again = ct.run(None, ("colour",), ct.Settings(steps=4, pairs=3), quick=True, threads=2, resume=earlier)
+    cells = again["attributes"]["colour"]["cells"]
+    assert cells[0]["restored"] == 0.123 and cells[1] == entry["cells"][1]
+    with pytest.raises(ValueError, match="same settings"):
+        ct.run(None, ("colour",), ct.Settings(steps=5, pairs=3), quick=True, threads=2, resume=earlier)
+
 
 @pytest.fixture(scope="module")
 def record():
@@ -64,8 +75,8 @@ def record():
 
 
 def test_the_committed_causal_record_is_complete(record):
-    """Every attribute measured holds its candidate pairs and >= 40 valid ones; its cells are the first of the
-    sweep's cells in order (a run cut short keeps a prefix), each with its `pairs`."""
+    """Every attribute measured holds its candidate pairs and >= 40 valid ones, and every cell of the sweep in order,
+    each with its `pairs` (relation: too few valid pairs to measure more than its first cell)."""
     from sdviz.pipeline import load_pipeline
 
     pipe = load_pipeline()
@@ -80,7 +91,7 @@ def test_the_committed_causal_record_is_complete(record):
         assert len(entry["pairs"]) == ct.CANDIDATES[attribute]
         planned = ct.cells(pipe, attribute, quick=False)
         measured = [{k: v for k, v in c.items() if k not in ("restored", "pairs")} for c in entry["cells"]]
-        assert measured == planned[: len(measured)] and measured
+        assert measured == (planned[:1] if attribute == "relation" else planned), attribute
         assert all(c["pairs"] == len(entry["valid"]) for c in entry["cells"])
 
 
@@ -100,6 +111,11 @@ def test_a_damaged_causal_record_is_refused(record, tmp_path):
 def test_the_committed_causal_map_is_what_the_record_draws(record, tmp_path):
     drawn = save(causal_figures.causal_map(record), tmp_path / "causal_map.png")
     assert_same_picture(COMMITTED_MAP, drawn, "python -c 'from sdviz.viz.figures import main; main()' redraws it")
+
+
+def test_the_committed_deletion_chart_is_what_the_faithfulness_record_draws(tmp_path):
+    drawn = save(causal_figures.deletion_chart(), tmp_path / "faithfulness.png")
+    assert_same_picture(COMMITTED_MAP.with_name("faithfulness.png"), drawn, "sdviz figures redraws it")
 
 
 def test_the_faithfulness_record_and_the_ladder_column():

@@ -51,6 +51,7 @@ BLOCKS = (
 )
 # candidate pairs per attribute: more where the model draws the attribute less often (the judge keeps those it reads)
 CANDIDATES = {"colour": 44, "shape": 44, "size": 44, "position": 64, "relation": 72}
+MIN_PAIRS = 40  # an attribute with fewer valid pairs is recorded, but its shares are not drawn as measured
 RECORD = Path(__file__).resolve().parents[2] / "readme-images" / "causal_tracing.json"
 OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
@@ -163,9 +164,11 @@ def cells(pipe: Any, attribute: str, quick: bool) -> list[dict[str, Any]]:
 
 
 def trace_attribute(
-    pipe: Any, attribute: str, settings: Settings, quick: bool, bar: Any, partial: Any = None
+    pipe: Any, attribute: str, settings: Settings, quick: bool, bar: Any, partial: Any = None, done: Any = None
 ) -> dict[str, Any]:
-    """The clean and corrupted runs of one attribute's pairs, and every cell's share restored."""
+    """The clean and corrupted runs of one attribute's pairs, and every cell's share restored. `done`: this
+    attribute's entry from an earlier run with the same settings; its cells are kept, not measured again (its pairs
+    and the judge's valid ones must come out the same, or it is an error)."""
     triples = pairs_for(attribute, settings.pairs or CANDIDATES[attribute], pipe.tokenizer, settings.seed)
     clean_prompts, dirty_prompts, seeds = (list(x) for x in zip(*triples, strict=True))
     kw = settings.generate_kwargs()
@@ -186,7 +189,18 @@ def trace_attribute(
         / len(triples),
         "cells": results,
     }
+    if done is not None:
+        if done["pairs"] != entry["pairs"] or done["valid"] != valid:
+            raise ValueError(
+                f"{attribute}: the earlier record's pairs or valid pairs differ from this run's; "
+                "measure it again without --resume"
+            )
+        results += done["cells"]
+        bar.update(len(done["cells"]))
+    key = [{k: v for k, v in c.items() if k not in ("restored", "pairs")} for c in results]
     for cell in cells(pipe, attribute, quick):
+        if cell in key:
+            continue
         if cell["kind"] == "text":
             pos = [p[cell["token"]] for p in positions]
             iv = PatchText(clean_prompts, dirty_prompts, cell["layer"], pos)
@@ -209,9 +223,11 @@ def run(
     quick: bool = False,
     threads: int | None = None,
     out: str | Path | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The sweep for each attribute; returns the record (see the module docstring), and writes it to `out` (if
-    given) after every cell, so that a run cut short keeps what it measured."""
+    given) after every cell, so that a run cut short keeps what it measured. `resume`: an earlier record with the
+    same settings, whose cells are kept (only the missing ones are measured; its seconds are added)."""
     from sdviz.pipeline import load_pipeline
 
     if threads:
@@ -219,7 +235,12 @@ def run(
     pipe = load_pipeline() if pipe is None else pipe
     before = pipe.batch_invariant
     pipe.batch_invariant = False  # one UNet call per batch: the sweep's speed (see the module docstring)
-    start = time.time()
+    if resume is not None and (resume["settings"] != asdict(settings) or resume["quick"] != quick):
+        raise ValueError("--resume needs a record made with the same settings")
+    earlier = {a: e for a, e in (resume or {}).get("attributes", {}).items() if a in attributes}
+    start = time.time() - sum(
+        r["seconds"] for r in (resume or {}).get("runs", []) if set(r["attributes"]) & set(earlier)
+    )
     measured: dict[str, Any] = {}
 
     def record_of() -> dict[str, Any]:
@@ -243,7 +264,7 @@ def run(
     try:
         with tqdm(total=total, desc="causal tracing", unit="cell") as bar:
             for a in attributes:
-                keep(a, trace_attribute(pipe, a, settings, quick, bar, keep))
+                keep(a, trace_attribute(pipe, a, settings, quick, bar, keep, earlier.get(a)))
     finally:
         pipe.batch_invariant = before
     return record_of()
@@ -288,18 +309,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--attributes", nargs="+", default=list(ATTRIBUTES), choices=ATTRIBUTES)
     parser.add_argument("--out", default=None, help="write the record here (default: print a summary only)")
     parser.add_argument("--merge", nargs="+", default=None, help="merge the records of runs side by side (to --out)")
+    parser.add_argument("--resume", default=None, help="an earlier record: keep its cells, measure the missing ones")
     args = parser.parse_args(argv)
     if args.merge:
         data = merge([json.loads(Path(p).read_text()) for p in args.merge])
         Path(args.out or RECORD).write_text(json.dumps(data, indent=1) + "\n")
         return 0
     pairs = args.pairs or (4 if args.quick else 0)
-    data = run(None, args.attributes, Settings(steps=args.steps, pairs=pairs), args.quick, args.threads, args.out)
+    resume = json.loads(Path(args.resume).read_text()) if args.resume else None
+    settings = Settings(steps=args.steps, pairs=pairs)
+    data = run(None, args.attributes, settings, args.quick, args.threads, args.out, resume)
     for attribute, entry in data["attributes"].items():
         best = max(entry["cells"], key=lambda c: c["restored"])
         where = best.get("hook") or f"text layer {best.get('layer')}"
-        print(f"{attribute}: {best['pairs']} pairs; best cell {where} {best.get('window', best.get('token'))}: "
-              f"{best['restored']:.2f} restored")
+        print(
+            f"{attribute}: {best['pairs']} pairs; best cell {where} {best.get('window', best.get('token'))}: "
+            f"{best['restored']:.2f} restored"
+        )
     print(f"{data['seconds']} s on {data['threads']} thread(s)")
     return 0
 

@@ -50,16 +50,22 @@ def causal_table(data: dict[str, Any]) -> tuple[list[str], list[str], np.ndarray
 
 def causal_map(data: dict[str, Any] | None = None) -> Figure:
     """The share restored per cell and attribute, as a heat map with its numbers."""
-    from sdviz.toy.causal_tracing import load
+    from sdviz.toy.causal_tracing import MIN_PAIRS, load
 
     data = load() if data is None else data
     rows, attributes, shares, pairs = causal_table(data)
+    few = [j for j, a in enumerate(attributes) if pairs[a] < MIN_PAIRS]  # too few pairs for a share to mean much
+    shares[:, few] = np.nan
     fig = Figure(figsize=(8.5, 0.34 * len(rows) + 2.0), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(shares), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for (i, j), v in np.ndenumerate(shares):
         if not np.isnan(v):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
+    for j in few:
+        a = attributes[j]
+        ax.text(j, (len(rows) - 1) / 2, f"{pairs[a]} pairs:\ntoo few\n(< {MIN_PAIRS})\nto measure", ha="center",
+                va="center", fontsize=8, color="0.35")  # fmt: skip
     ax.set_xticks(range(len(attributes)), [f"{a}\n({pairs[a]} pairs)" for a in attributes], fontsize=9)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.xaxis.tick_top()

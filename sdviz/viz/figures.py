@@ -140,7 +140,7 @@ def write_readme_figures(
     """
     from sdviz.pipeline import EMBEDDED_MODEL
     from sdviz.viz.animate import readme_animation
-    from sdviz.viz.causal_figures import causal_map
+    from sdviz.viz.causal_figures import causal_map, deletion_chart
     from sdviz.viz.inversion_figures import inversion_chart
     from sdviz.viz.sae_figure import concepts_chart
     from sdviz.viz.sampler_figures import quality_chart
@@ -156,6 +156,7 @@ def write_readme_figures(
         figures["inversion.png"] = inversion_chart()  # drawn from readme-images/inversion.json
         figures["sae_concepts.png"] = concepts_chart()  # drawn from sdviz/toy/sae/sae_record.json
         figures["causal_map.png"] = causal_map()  # drawn from readme-images/causal_tracing.json
+        figures["faithfulness.png"] = deletion_chart()  # drawn from sdviz/toy/faithfulness.json
     written = [save(fig, out / name) for name, fig in figures.items()]
     return written + [readme_animation(out, pipe, PROMPT, SEED, steps)]  # the README's animation of the denoising
 

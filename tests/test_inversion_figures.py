@@ -80,3 +80,13 @@ def test_the_quick_measurement_runs(tmp_path):
     assert measure.main(["--quick", "--out", str(out), "--partial", str(partial), "--note", "resumed"]) == 0
     again = json.loads(out.read_text())
     assert again["rows"] == data["rows"]  # resumed: nothing measured twice
+
+
+def test_merging_shards_resumed_from_one_record_keeps_each_scene_once(record):
+    """Two shards that both resumed from the committed record hold its rows twice; the merge keeps each scene once,
+    in the evaluation's order, and its summary is what those rows give."""
+    a, b = copy.deepcopy(record), copy.deepcopy(record)
+    b["rows"] = b["rows"][1:]  # a shard need not hold every earlier row
+    merged = measure.merge([a, b], note="test")
+    assert [r["prompt"] for r in merged["rows"]] == [r["prompt"] for r in record["rows"]]
+    assert merged["summary"] == measure.summarise(record["rows"])

@@ -216,7 +216,8 @@ def merge(records: Sequence[dict[str, Any]], note: str = "") -> dict[str, Any]:
     a gap: a shard stopped early leaves the later ones out), minutes summed."""
     first = records[0]["settings"]
     order = {tuple(p): i for i, p in enumerate(world.held_out_prompts(first["n_asked"], PROMPT_SEED))}
-    rows = sorted((r for d in records for r in d["rows"]), key=lambda r: order[(r["prompt"], r["seed"])])
+    unique = {(r["prompt"], r["seed"]): r for d in records for r in d["rows"]}  # shards resumed from one record
+    rows = sorted(unique.values(), key=lambda r: order[(r["prompt"], r["seed"])])
     kept = 0
     while kept < len(rows) and order[(rows[kept]["prompt"], rows[kept]["seed"])] == kept:
         kept += 1

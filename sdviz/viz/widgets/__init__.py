@@ -8,6 +8,9 @@
     studio()         # a front panel on the embedded model (or studio(pipe)): generate, watch it live, then the player,
                      # the explorer, a guidance sweep and a seed grid, in tabs
     reweight_widget(pipe, prompt, "red")   # a word-weight slider (prompt-to-prompt's reweight) that regenerates
+    what_if.what_if(pipe, prompt)          # (from the module) ablate a word, head or layer, or patch from another
+                                           # prompt: before, after, and the judge's verdict
+    feature_browser(pipe)    # the shipped SAE's features: where each fires, the features at a pixel, switch one off
 
 Each is an object whose `.widget` is the ipywidgets box; as the last expression of a cell it shows the box and below
 it a static copy for renders where widgets cannot run (GitHub, nbviewer): an animated GIF of the run for the player
@@ -23,6 +26,9 @@ an assignment (`benchmarks/widget_frames.py` measures it).
     attention.py    Explorer (the cross-attention explorer)
     front_panel.py  Studio (the front panel)
     reweight.py     reweight_widget (a slider over one word's weight, sdviz.editing.Reweight)
+    upload.py       the studio's "Your picture" tab (sdviz.inversion: invert, explain, edit an uploaded picture)
+    what_if.py      what_if (interventions of sdviz.causal, graded by the toy judge)
+    features.py     feature_browser (the sparse autoencoders of sdviz.concepts)
 
 The names here are imported on first use (ipywidgets is not loaded by `sdviz.viz.animate` or the figures).
 """

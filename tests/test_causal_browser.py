@@ -8,7 +8,6 @@ changes and the judge's verdict is shown. A browser or server that cannot start 
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
 
-from lab import DONE, HERE, RUN_ALL, LabError, _src, _text, _wait_change, chromium, jupyterlab  # noqa: E402
+from lab import HERE, LabError, _src, _text, _wait_change, notebook_page  # noqa: E402
 
 NOTEBOOK = HERE / "what_if.ipynb"
 
@@ -35,19 +34,9 @@ def _settled(page, timeout: float = 60) -> str:
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory):
     work = tmp_path_factory.mktemp("what_if")
-    root = work / "notebooks"
-    root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     out: dict = {"errors": []}
     try:
-        with jupyterlab(root, work / "jupyter") as (base, token), chromium(work / "profile") as context:
-            page = context.new_page()
-            page.on("console", lambda m: out["errors"].append(m.text) if m.type == "error" else None)
-            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext", timeout=60_000)
-            page.evaluate(RUN_ALL)
-            page.wait_for_function(DONE, timeout=300_000, polling=250)
+        with notebook_page(NOTEBOOK, work, out["errors"]) as page:
             page.wait_for_selector(".sdviz-what-if-run", timeout=60_000)
             out["attention"] = _text(page, ".sdviz-what-if-attention")
             pictures = ".sdviz-what-if-pictures"

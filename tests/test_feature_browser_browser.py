@@ -10,7 +10,6 @@ one line; the screenshot's path is printed.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
 
-from lab import CLIPPED, DONE, HERE, RUN_ALL, SIZES, LabError, _src, _text, _wait_change, chromium, jupyterlab  # noqa: E402
+from lab import CLIPPED, HERE, SIZES, LabError, _src, _text, _wait_change, notebook_page  # noqa: E402
 
 NOTEBOOK = HERE / "features.ipynb"
 TILES = "img.sdviz-features-picture, img.sdviz-features-map"
@@ -32,21 +31,10 @@ def _tiles(page) -> list[str]:
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory):
     work = tmp_path_factory.mktemp("features")
-    root = work / "notebooks"
-    root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     out: dict = {"errors": []}
     t0 = time.monotonic()
     try:
-        with jupyterlab(root, work / "jupyter") as (base, token), chromium(work / "profile") as context:
-            page = context.new_page()
-            page.on("console", lambda m: out["errors"].append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: out["errors"].append(f"page error: {e}"))
-            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                   " && window.jupyterapp.shell.currentWidget.sessionContext", timeout=60_000)
-            page.evaluate(RUN_ALL)
-            page.wait_for_function(DONE, timeout=300_000, polling=250)
+        with notebook_page(NOTEBOOK, work, out["errors"]) as page:
             page.wait_for_selector("img.sdviz-features-map", timeout=60_000)
             page.wait_for_timeout(500)  # the last views render
             out["about"] = _text(page, ".sdviz-features-about")

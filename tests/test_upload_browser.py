@@ -12,7 +12,6 @@ the tab is written to the test's folder (printed). A browser or server that cann
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
 
-from lab import DONE, HERE, RUN_ALL, LabError, _src, _text, _wait_change, chromium, jupyterlab  # noqa: E402
+from lab import HERE, LabError, _src, _text, _wait_change, notebook_page  # noqa: E402
 
 from sdviz.toy import world  # noqa: E402
 
@@ -42,25 +41,11 @@ def _wait_text(page, selector: str, needle: str, timeout: float = 60) -> str:
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory):
     work = tmp_path_factory.mktemp("upload")
-    root = work / "notebooks"
-    root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     picture = work / "scene.png"
     SCENE.pil().resize((128, 128), Image.Resampling.NEAREST).save(picture)  # drawn by the world, not the model
     out: dict = {"errors": []}
     try:
-        with jupyterlab(root, work / "jupyter") as (base, token), chromium(work / "profile") as context:
-            page = context.new_page()
-            page.on("console", lambda m: out["errors"].append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: out["errors"].append(f"page error: {e}"))
-            page.goto(f"{base}/lab/tree/{NOTEBOOK.name}?token={token}", wait_until="domcontentloaded")
-            page.wait_for_function(
-                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                " && window.jupyterapp.shell.currentWidget.sessionContext",
-                timeout=60_000,
-            )
-            page.evaluate(RUN_ALL)
-            page.wait_for_function(DONE, timeout=300_000, polling=250)
+        with notebook_page(NOTEBOOK, work, out["errors"]) as page:
             page.wait_for_selector(".sdviz-studio", timeout=60_000)
             page.locator(".sdviz-studio .lm-TabBar-tab", has_text="Your picture").first.click()
             page.wait_for_selector(".sdviz-upload-file", state="visible", timeout=20_000)

@@ -306,6 +306,31 @@ def _wait_change(page: Any, selector: str, before: str, timeout: float = 20, att
     return before
 
 
+APP_READY = (
+    "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+    " && window.jupyterapp.shell.currentWidget.sessionContext"
+)
+
+
+@contextmanager
+def notebook_page(notebook: Path, work: Path, errors: list[str], run_timeout: float = 300):
+    """JupyterLab over a copy of `notebook` (in work/notebooks), opened in headless Chromium with every cell run:
+    yields the page. The page's console errors and uncaught errors are appended to `errors`. A panel's browser test
+    (tests/test_*_browser.py) then uses its widgets."""
+    root = work / "notebooks"
+    root.mkdir(exist_ok=True)
+    shutil.copy(notebook, root / notebook.name)
+    with jupyterlab(root, work / "jupyter") as (base, token), chromium(work / "profile") as context:
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        page.goto(f"{base}/lab/tree/{notebook.name}?token={token}", wait_until="domcontentloaded")
+        page.wait_for_function(APP_READY, timeout=60_000)
+        page.evaluate(RUN_ALL)
+        page.wait_for_function(DONE, timeout=run_timeout * 1000, polling=250)
+        yield page
+
+
 def exercise(work: Path, shots: Path | None = None, run_timeout: float = 300) -> Findings:
     """Run the whole scenario (see the module docstring); screenshots go to `shots` (default work/screenshots)."""
     f = Findings()

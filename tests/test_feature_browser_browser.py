@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# JupyterLab, Chromium and a panel that generates: about a minute each, so `make test-all` runs them (CI runs both)
+pytestmark = pytest.mark.slow
+
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
 
 from lab import CLIPPED, HERE, SIZES, LabError, _src, _text, _wait_change, notebook_page  # noqa: E402

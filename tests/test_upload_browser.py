@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+# JupyterLab, Chromium and a panel that generates: about a minute each, so `make test-all` runs them (CI runs both)
+pytestmark = pytest.mark.slow
+
 sys.path.insert(0, str(Path(__file__).parent / "browser"))
 
 from lab import HERE, LabError, _src, _text, _wait_change, notebook_page  # noqa: E402

@@ -47,6 +47,7 @@ def test_pairs_change_one_attribute_of_a_held_out_prompt(attribute):
     assert triples == ct.pairs_for(attribute, 12, tok)  # the same pairs on every run
 
 
+@pytest.mark.slow  # 10-30 s on 2 cores: make test-all (CI runs both) keeps make test under 8 minutes
 def test_quick_sweep_writes_a_record_that_load_accepts(tmp_path):
     data = ct.run(None, ("colour",), ct.Settings(steps=4, pairs=3), quick=True, threads=2)
     entry = data["attributes"]["colour"]

@@ -43,6 +43,7 @@ def test_shipped_weights_load_and_are_small(pipe):
     assert result.images[0].size == (64, 64)
 
 
+@pytest.mark.slow  # 10-30 s on 2 cores: make test-all (CI runs both) keeps make test under 8 minutes
 def test_a_handful_of_held_out_prompts_are_drawn_right(pipe, card):
     """Four of the evaluation's own pictures, with its settings, that it judges right in full: three one-object
     prompts (colour, shape, position, drawn once) and one two-object prompt (each drawn once, in relation)."""

@@ -22,6 +22,7 @@ def run_script(*args: str, timeout: int) -> str:
     return out.stdout
 
 
+@pytest.mark.slow  # 10-30 s on 2 cores: make test-all (CI runs both) keeps make test under 8 minutes
 def test_the_quick_sections_run_on_the_cpu():
     out = run_script("--sections", "memory,nan,batch", timeout=600)
     for dtype in ("float16", "bfloat16"):

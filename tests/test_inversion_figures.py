@@ -70,6 +70,7 @@ def test_a_damaged_record_is_refused(record, damage, message):
         fig.check_record(bad)
 
 
+@pytest.mark.slow  # 10-30 s on 2 cores: make test-all (CI runs both) keeps make test under 8 minutes
 def test_the_quick_measurement_runs(tmp_path):
     """Two scenes at 10 steps: a record the figure module accepts, with a partial file to resume from."""
     out, partial = tmp_path / "quick.json", tmp_path / "partial.json"

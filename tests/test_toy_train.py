@@ -58,6 +58,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         assert torch.equal(value, b["ema"]["unet"][key]), key
 
 
+@pytest.mark.slow  # 10-30 s on 2 cores: make test-all (CI runs both) keeps make test under 8 minutes
 def test_unet_learns_and_exports_a_loadable_model(tmp_path: Path) -> None:
     from sdviz.pipeline import load_pipeline
 
@@ -79,6 +80,7 @@ def test_unet_learns_and_exports_a_loadable_model(tmp_path: Path) -> None:
     assert len(fig.axes) == 3 and all(ax.lines for ax in fig.axes)  # VAE loss, VAE PSNR, UNet loss: each drawn
 
 
+@pytest.mark.slow  # 10-30 s on 2 cores: make test-all (CI runs both) keeps make test under 8 minutes
 def test_relations_stage_fine_tunes_stage_2_and_resumes_exactly(tmp_path: Path) -> None:
     """Stage 3 starts from stage 2's EMA weights, keeps the VAE, resumes exactly and exports its own EMA."""
     full, split = tmp_path / "full", tmp_path / "split"
@@ -101,6 +103,7 @@ def test_relations_stage_fine_tunes_stage_2_and_resumes_exactly(tmp_path: Path) 
     assert set(meta["card"]["summary"]) == {"vae", "unet", "relations"}
 
 
+@pytest.mark.slow  # 10-30 s on 2 cores: make test-all (CI runs both) keeps make test under 8 minutes
 def test_relations_stage_from_a_model_folder(tmp_path: Path) -> None:
     """`init`: a run that starts from a trained model (the shipped one, in practice) keeps its VAE bit for bit and
     carries its training summary over."""

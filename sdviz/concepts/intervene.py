@@ -96,23 +96,11 @@ class FeatureEdit(Intervention):
         return edited.reshape(b, h, w, c).permute(0, 3, 1, 2)  # (B'*H*W, C) -> (B', C, H, W)
 
 
-def intervene(
-    pipe: Any,
-    sae: SAE,
-    splice: bool = False,
-    ablate: Sequence[int] = (),
-    clamp: dict[int, float] | None = None,
-    add: dict[int, float] | None = None,
-    swap: dict[int, int] | None = None,
-    gain: float = 1.0,
-    window: Steps = 1.0,
-    point: str | None = None,
-) -> AbstractContextManager:
+def intervene(pipe: Any, sae: SAE, **edit: Any) -> AbstractContextManager:
     """Edit the SAE's hook point of `pipe` during the generations of the `with` block (see the module docstring):
-    `sdviz.causal.intervene` with one `FeatureEdit`. `window` is a window of the steps as a fraction (0.5: the first
-    half; (0.5, 1.0): the second).
+    `sdviz.causal.intervene` with one `FeatureEdit(sae, **edit)` (splice, ablate, clamp, add, swap, gain, window,
+    point). `window` is a window of the steps as a fraction (0.5: the first half; (0.5, 1.0): the second).
 
     The SAE must have been trained on this model and hook point (a one-line error otherwise), and every feature
     index must exist (an error lists the valid range)."""
-    edit = FeatureEdit(sae, splice, ablate, clamp, add, swap, gain, window, point)
-    return causal.intervene(pipe, edit)
+    return causal.intervene(pipe, FeatureEdit(sae, **edit))

@@ -25,6 +25,7 @@ import hashlib
 import io
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,10 +183,13 @@ def invert(
     start: str = "caption",
     resize: bool = True,
     progress: bool = True,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Inversion:
     """Invert `picture` (a path or a PIL image) described by `prompt` with one of METHODS (see the module docstring);
     `cfg_scale` is the guidance the redraw will use (the DDIM walk itself always runs at cfg 1). null-text's `start`:
-    "caption" (default) or "empty", the paper's (see `walk.py`: on the embedded model it does not get far)."""
+    "caption" (default) or "empty", the paper's (see `walk.py`: on the embedded model it does not get far).
+    `on_progress(phase, done, steps)` is called after each step of each phase ("walk", then "null_text"), for a
+    progress display of one's own (the studio's)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if start not in ("caption", "empty"):
@@ -198,12 +202,14 @@ def invert(
     context = caption_context(pipe, prompt)  # (1, 77, D)
     x = image_to_tensor(image, height, width)  # (1, 3, H, W) in [-1, 1]
     z0 = pipe.encode_images(x)  # (1, 3, H, W) -> (1, 4, h, w): the posterior's mean, as the paper's code
-    trajectory = ddim_invert(pipe, z0, context, steps, progress=progress)  # [z*_0 .. z*_T]
+    walked = None if on_progress is None else (lambda k: on_progress("walk", k + 1, steps))
+    trajectory = ddim_invert(pipe, z0, context, steps, progress=progress, on_step=walked)  # [z*_0 .. z*_T]
     null_embeddings, losses = None, []
     if method == "null_text" and cfg_scale > 1:
         null = context if start == "caption" else pipe.encode_prompts([""])  # (1, 77, D): where Alg. 1 starts
+        optimised = None if on_progress is None else (lambda i, _loss: on_progress("null_text", i + 1, steps))
         null_embeddings, losses = null_text_optimise(
-            pipe, trajectory, context, null, cfg_scale, inner_steps, progress=progress
+            pipe, trajectory, context, null, cfg_scale, inner_steps, progress=progress, on_step=optimised
         )
     return Inversion(
         method=method,

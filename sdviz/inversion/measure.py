@@ -51,18 +51,6 @@ INVERSIONS = ("ddim_cfg1", "ddim_cfg5", "null_text", "negative_prompt")
 GOALS = {"null_text_psnr_db": 30.0, "miou_gap": 0.05, "edit_colour_rate": 0.90, "edit_outside_psnr_db": 27.0}
 
 
-def _needs() -> dict[str, Any]:
-    """One trace that every map method can read: the union of what each needs."""
-    record: set[str] = set()
-    keep: dict[str, set[str]] = {}
-    for agg in aggregate.METHODS.values():
-        n = agg.needs()
-        record |= set(n["record"])
-        for kind, axes in n.get("keep", {}).items():
-            keep.setdefault(kind, set()).update(axes)
-    return {"record": sorted(record), "keep": {k: sorted(v) for k, v in keep.items()}}
-
-
 def _ious(tr: Any, spec: world.SceneSpec, truths: list[np.ndarray]) -> dict[str, list[float]]:
     """Per map method, the IoU of each object's noun map with its truth (objects with no truth skipped)."""
     words = tr.encodings[0]["words"]
@@ -109,13 +97,13 @@ def measure_scene(pipe: Any, prompt: str, seed: int, steps: int = STEPS, cfg: fl
         "ddim_cfg5": ddim.redraw(pipe).image,
         "negative_prompt": ddim.redraw(pipe, negative_prompt=scene.caption).image,
     }
-    with trace(pipe, **_needs()) as tr:  # the null-text redraw, traced: its word maps
+    with trace(pipe, **aggregate.needs_of()) as tr:  # the null-text redraw, traced: its word maps
         redraws["null_text"] = inv.redraw(pipe).image
     row["psnr_db"] = {k: psnr(picture, redraws[k]) for k in INVERSIONS}
     row["psnr_db"]["vae"] = _vae_psnr(pipe, picture)
     row["null_text_final_loss"] = inv.losses[-1] if inv.losses else None
     row["iou_inverted"] = _ious(tr, spec, [o.mask for o in scene.objects])
-    with trace(pipe, **_needs()) as tg:  # the model's own picture of the caption and seed
+    with trace(pipe, **aggregate.needs_of()) as tg:  # the model's own picture of the caption and seed
         generated = pipe.generate(scene.caption, seed=seed, steps=steps, cfg_scale=cfg, sampler="ddim",
                                   progress=False).image  # fmt: skip
     row["iou_generated"] = _ious(tg, spec, [judge.segment(generated, o.colour) for o in spec.objects])

@@ -75,12 +75,13 @@ def ddim_invert(
     cfg_scale: float = 1.0,
     uncond: Tensor | None = None,
     progress: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[Tensor]:
     """Walk clean latents z_0 (1, 4, h, w) up to z_T: the trajectory [z_0, z_1, ..., z_T] (steps + 1 tensors).
 
     `context` (1, 77, D) is the caption's; with cfg_scale > 1 (and `uncond`, the null context) each step's eps is
     guided, as a generation at that cfg would be (the inversion a guided redraw would need, and does not get: see the
-    module docstring)."""
+    module docstring). `on_step(k)` is called after the walk's step k (0, 1, ...)."""
     sampler = DDIMSampler(pipe.config.schedule)
     sampler.set_timesteps(steps)
     guided = cfg_scale > 1.0
@@ -90,6 +91,8 @@ def ddim_invert(
         eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond) if guided else eps_cond  # (Ho & Salimans, eq. 6)
         x = inverse_step(sampler, eps, t, x)  # z_{t-1} -> z_t
         trajectory.append(x)
+        if on_step is not None:
+            on_step(len(trajectory) - 2)
     return trajectory
 
 

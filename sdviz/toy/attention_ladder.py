@@ -30,7 +30,7 @@ from sdviz.toy import world
 from sdviz.toy.attention_scores import THRESHOLD, THRESHOLDS, Scene, Scores, f3, normalise, scenes
 from sdviz.toy.evaluate import EVAL, EvalSettings, load_model
 from sdviz.tracing import aggregate
-from sdviz.tracing.aggregate import DAAM, SDVIZ, Aggregator
+from sdviz.tracing.aggregate import DAAM, SDVIZ, Aggregator, needs_of
 
 GOALS = {"single_miou": 0.75, "pair_iou": 0.60, "leakage": 0.20}  # for the best aggregator (issue 13)
 
@@ -105,20 +105,8 @@ class Rung:
     recording: float = 0.0  # extra generation time of what the trace must record, per picture
 
 
-def _needs_all(methods: Sequence[Aggregator]) -> dict[str, Any]:
-    """One trace plan that serves every aggregator in the list."""
-    record: set[str] = set()
-    keep: dict[str, set[str]] = {}
-    for m in methods:
-        n = m.needs()
-        record |= set(n["record"])
-        for kind, axes in n["keep"].items():
-            keep.setdefault(kind, set()).update(axes)
-    return {"record": sorted(record), "keep": {k: sorted(v) for k, v in keep.items()}}
-
-
 # what the ladder records once per picture: every axis of cross-attention, the values, self-attention per step
-LADDER_NEEDS = _needs_all([DAAM.with_(propagate=1, self_window=(0.5, 1.0), source="output")])
+LADDER_NEEDS = needs_of([DAAM.with_(propagate=1, self_window=(0.5, 1.0), source="output")])
 
 
 def _compact(tr: Any) -> None:

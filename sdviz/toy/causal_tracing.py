@@ -227,7 +227,7 @@ def run(
 ) -> dict[str, Any]:
     """The sweep for each attribute; returns the record (see the module docstring), and writes it to `out` (if
     given) after every cell, so that a run cut short keeps what it measured. `resume`: an earlier record with the
-    same settings, whose cells are kept (only the missing ones are measured; its seconds are added)."""
+    same settings, whose cells are kept (only the missing ones are measured)."""
     from sdviz.pipeline import load_pipeline
 
     if threads:
@@ -238,9 +238,7 @@ def run(
     if resume is not None and (resume["settings"] != asdict(settings) or resume["quick"] != quick):
         raise ValueError("--resume needs a record made with the same settings")
     earlier = {a: e for a, e in (resume or {}).get("attributes", {}).items() if a in attributes}
-    start = time.time() - sum(
-        r["seconds"] for r in (resume or {}).get("runs", []) if set(r["attributes"]) & set(earlier)
-    )
+    start = time.time()  # a resumed run's seconds are its own: the earlier runs' stay in their records
     measured: dict[str, Any] = {}
 
     def record_of() -> dict[str, Any]:

@@ -43,20 +43,6 @@ FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 SETTINGS = {"steps": 10, "cfg_scale": 5.0, "sampler": "ddim"}  # as the causal tracing's pictures
 
 
-def needs() -> dict[str, Any]:
-    """One trace that every map method can read: the union of what each needs."""
-    from sdviz.tracing import aggregate
-
-    record: set[str] = set()
-    keep: dict[str, set[str]] = {}
-    for agg in aggregate.METHODS.values():
-        n = agg.needs()
-        record |= set(n["record"])
-        for kind, axes in n.get("keep", {}).items():
-            keep.setdefault(kind, set()).update(axes)
-    return {"record": sorted(record), "keep": {k: sorted(v) for k, v in keep.items()}}
-
-
 def pixels(image: Any) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3) in [0, 1]
 
@@ -71,12 +57,12 @@ def top(m: np.ndarray, fraction: float) -> np.ndarray:
 
 def picture(pipe: Any, prompt: str, seed: int, rng: np.random.Generator) -> dict[str, Any]:
     """One picture's ratios and deletion curves per method."""
-    from sdviz.tracing import trace
+    from sdviz.tracing import aggregate, trace
 
     spec = world.parse_caption(prompt)
     words = [w for o in spec.objects for w in (o.colour, o.shape)]
     words = list(dict.fromkeys(words))  # a shape named twice ("a circle above a circle") is one word
-    with trace(pipe, **needs()) as tr:
+    with trace(pipe, **aggregate.needs_of()) as tr:
         clean = pixels(pipe.generate(prompt, seed=seed, progress=False, **SETTINGS).image)
     size = clean.shape[:2]
     change = {}

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from sdviz.hooks import matches
 from sdviz.tokenizer import Encoding, Tokenizer
-from sdviz.tracing.methods import BEST, DAAM, METHODS, SDVIZ, Aggregator, get  # noqa: F401  (re-exported)
+from sdviz.tracing.methods import BEST, DAAM, METHODS, SDVIZ, Aggregator, get, needs_of  # noqa: F401  (re-exported)
 from sdviz.tracing.records import AttentionRecord, SelfAttentionRecord, ranges, step_list
 
 # --------------------------------------------------------------------------------------------------------------------

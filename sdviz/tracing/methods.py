@@ -195,6 +195,19 @@ BEST = Aggregator(
 METHODS: dict[str, Aggregator] = {a.name: a for a in (SDVIZ, DAAM, BEST)}
 
 
+def needs_of(methods: Any = None) -> dict[str, Any]:
+    """One trace plan that serves every recipe in `methods` (default: every method of METHODS): the union of their
+    `needs()`, for `sdviz.trace(pipe, **needs_of(...))`."""
+    record: set[str] = set()
+    keep: dict[str, set[str]] = {}
+    for agg in METHODS.values() if methods is None else methods:
+        n = agg.needs()
+        record |= set(n["record"])
+        for kind, axes in n.get("keep", {}).items():
+            keep.setdefault(kind, set()).update(axes)
+    return {"record": sorted(record), "keep": {k: sorted(v) for k, v in keep.items()}}
+
+
 def get(method: str | Aggregator | None) -> Aggregator:
     """An aggregator from a name ("sdviz", "daam", "best"), an `Aggregator`, or None: the default, "sdviz".
 

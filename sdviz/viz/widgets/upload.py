@@ -226,30 +226,24 @@ class UploadPanel:
 
     # -- invert ------------------------------------------------------------------------------------------------------
 
-    def _progress(self, method: str, steps: int) -> Callable[[str, Any], None]:
-        """A listener on the UNet's time embedding, called once per UNet evaluation: the DDIM walk runs the UNet on
-        one row per step, null-text ends each of its steps with a guided pair (two rows), so the counts tell the
-        phase and the step."""
+    def _progress(self, method: str, steps: int) -> Callable[[str, int, int], None]:
+        """`invert`'s on_progress: the phase and the step in the status line, and the bar (the walk, null-text's
+        optimisation when it runs, then the redraw)."""
         self.progress.value, self.progress.max = 0, steps * (2 if method == "null_text" else 1) + steps
-        count = {"walk": 0, "null": 0}
 
-        def hear(_name: str, temb: Any) -> None:
-            if count["walk"] < steps and len(temb) == 1:
-                count["walk"] += 1
-                self._say(f"inverting: the DDIM walk up to noise, step {count['walk']}/{steps}")
-            elif len(temb) == 2:
-                count["null"] += 1
-                self._say(f"null-text: optimising step {count['null']}/{steps}'s null embedding")
+        def hear(phase: str, done: int, n: int) -> None:
+            if phase == "walk":
+                self._say(f"inverting: the DDIM walk up to noise, step {done}/{n}")
+                self.progress.value = done
             else:
-                return
-            self.progress.value = count["walk"] + count["null"]
+                self._say(f"null-text: optimising step {done}/{n}'s null embedding")
+                self.progress.value = n + done
 
         return hear
 
     def invert(self) -> Inversion | None:
         """Invert the uploaded picture with the panel's caption, method, steps and guidance; show the redraw and its
         PSNR. The inversion, or None after a one-line message."""
-        from sdviz.hooks import hooks
         from sdviz.inversion import invert, psnr
 
         if self.picture is None:
@@ -261,14 +255,9 @@ class UploadPanel:
         method, steps, caption = self.method.value, int(self.steps.value), self.caption.value.strip()
         self._busy(True, self.invert_button, "Inverting...")
         try:
-            listener = self._progress(method, steps)
-
-            def run() -> Inversion:
-                with hooks(self.pipe, "unet.hook_time_embedding", listener):
-                    return invert(self.pipe, self.picture, caption, method, steps, float(self.cfg.value),
-                                  progress=False)  # fmt: skip
-
-            inv, said = self._run(run)
+            hear = self._progress(method, steps)
+            inv, said = self._run(lambda: invert(self.pipe, self.picture, caption, method, steps,
+                                                 float(self.cfg.value), progress=False, on_progress=hear))  # fmt: skip
             self._say(f"redrawing: {steps} DDIM steps at cfg {inv.cfg_scale:g}")
             done = self.progress.value
             redraw = inv.redraw(self.pipe, on_step=lambda s: setattr(self.progress, "value", done + s.index + 1))

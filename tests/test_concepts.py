@@ -177,8 +177,14 @@ def test_pixels_are_labelled_by_the_concepts_of_the_objects_that_cover_them():
     red, blue = labels[ALL_CONCEPTS.index("red")], labels[ALL_CONCEPTS.index("blue")]
     assert (red == 1).sum() >= 2 and (blue == 1).sum() >= 1 and not ((red == 1) & (blue == 1)).any()
     covered = objects[0][0].reshape(8, 8, 8, 8).mean(axis=(1, 3)).reshape(-1)
-    assert ((red == 1) == (covered >= 0.5)).all() and ((red == 0) == (covered == 0)).all()
-    assert (labels[ALL_CONCEPTS.index("green")] == 0).all()
+    other = objects[1][0].reshape(8, 8, 8, 8).mean(axis=(1, 3)).reshape(-1)
+    assert ((red == 1) == (covered >= 0.5)).all()
+    assert ((red == 0) == ((other >= 0.5) & (covered == 0))).all() and (red == 0).sum() >= 1  # the blue square
+    assert ((red == -1) >= ((covered == 0) & (other == 0))).all()  # the background is never a negative
+    green = labels[ALL_CONCEPTS.index("green")]  # no green object: both objects are negatives, the rest ignored
+    assert ((green == 0) == ((covered >= 0.5) | (other >= 0.5))).all() and not (green == 1).any()
+    two = labels[ALL_CONCEPTS.index("two objects")]
+    assert not (two == 0).any() and ((two == 1) == ((covered >= 0.5) | (other >= 0.5))).all()
     assert picture_objects(scene.image, "a green triangle") is None  # not what the picture holds: not graded
 
 
@@ -214,3 +220,24 @@ def test_ablation_and_steering_report_what_they_measured(embedded_pipe):
     assert r["passes"] == (r["target_drop_points"] >= 50 and max(map(abs, r["control_moved_points"].values())) <= 5)
     s = steering_rate(embedded_pipe, sae, 3, 4, quick, amount=2.0, n=2)
     assert s["n"] == 2 and 0 <= s["blue_circle_rate"] <= s["red_gone_rate"] <= 1
+    g = ablation_effect(embedded_pipe, sae, "red", [3, 5], quick, n=1, control=[("a blue square", 1)])
+    assert g["feature"] == [3, 5] and g["edit"] == "ablate 2 best"
+    s = steering_rate(embedded_pipe, sae, [3, 5], [4, 6], quick, n=1)
+    assert s["red_feature"] == [3, 5] and s["blue_feature"] == [4, 6]
+    with pytest.raises(ValueError, match="zip"):  # a group is swapped pairwise: the two must be as long
+        steering_rate(embedded_pipe, sae, [3, 5], [4], quick, n=1)
+
+
+def test_a_concepts_group_is_its_best_features_in_order():
+    from sdviz.concepts.grade import Graded
+
+    g = Graded.__new__(Graded)
+    rng = np.random.default_rng(0)
+    labels = np.where(rng.random(400) < 0.3, 1, 0).astype(np.int8)
+    strength = {7: 3.0, 2: 2.0, 9: 1.0}  # feature -> how strongly it follows the label
+    g.idx = np.array([[7, 2, 9]] * 400)
+    g.val = np.stack([np.clip(rng.normal(labels * w, 1.0), 0, None) for w in strength.values()], axis=1)
+    g.labels = np.stack([labels] * len(ALL_CONCEPTS))
+    g.sae = SAE(4, 12, 3)
+    best = g.best_features(top=4)["red"]
+    assert [f for f, _ in best[:3]] == [7, 2, 9] and best[0][1] > best[1][1] > best[2][1] > best[3][1] == 0.5

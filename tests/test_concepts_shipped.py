@@ -89,7 +89,8 @@ def test_ship_writes_the_files_the_record_and_the_card(tmp_path):
                     "train": {"fvu": 0.1, "l0": 2.0, "dead": 0, "dead_fraction": 0.0, "rows": 10}}
         sae.save(run / "sae.safetensors")
         table = [{"concept": c, "kind": "colour", "feature": 1, "auroc": 0.96 if c == "red" else 0.7,
-                  "per_step": [0.5, 0.9], "switches_on": 1} for c in ALL_CONCEPTS]
+                  "per_step": [0.5, 0.9], "switches_on": 1, "channel": 3, "channel_auroc": 0.8 - 0.1 * i}
+                 for c in ALL_CONCEPTS]
         grade = {"late_steps": [0, 1], "table": table, "share_at_0.95": round(1 / 22, 3),
                  "without_feature_0.95": [c for c in ALL_CONCEPTS if c != "red"],
                  "held_out": {"fvu": 0.2, "l0": 2.0, "dead": 1, "dead_fraction": 1 / 32, "rows": 10}}
@@ -106,7 +107,15 @@ def test_ship_writes_the_files_the_record_and_the_card(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "SAE_CARD.md", "sae_record.json", "unet.a.hook_block_out.safetensors", "unet.b.hook_block_out.safetensors"]
     card = (tmp_path / "out" / "SAE_CARD.md").read_text()
-    assert card == render_card(record) and "| red | colour | 1 | 0.960 | 1 | - |" in card and "**4%**" in card
+    assert card == render_card(record) and "| red | colour | 1 | 0.960 | 1 | 3 (0.800) |" in card and "**4%**" in card
+    assert "sweep" not in record and "## Dictionary size" not in card
+    swept = ship(runs[:1], tmp_path / "train", tmp_path / "held_out", tmp_path / "out2", sweep=[runs[1]])
+    assert [(r["point"], r["n"], r["median_auroc"]["colour"]) for r in swept["sweep"]] == [
+        ("unet.a.hook_block_out", 32, 0.7), ("unet.b.hook_block_out", 32, 0.7)]
+    assert [r["median_channel_auroc"]["colour"] for r in swept["sweep"]] == [0.8, 0.7]
+    card = (tmp_path / "out2" / "SAE_CARD.md").read_text()
+    assert "| a | 32 (2) | 5 | 0.200 | 0.70 |" in card and "| b | the 8 channels | - | - | 0.70 |" in card
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir())[-1] == "unet.a.hook_block_out.safetensors"
     back = SAE.load(tmp_path / "out" / "unet.a.hook_block_out.safetensors")
     assert back.info["train_seconds"] == 1.0 and torch.equal(back.W_dec, SAE.load(runs[0] / "sae.safetensors").W_dec)
 

@@ -55,8 +55,37 @@ def load_record(path: str | Path = RECORD) -> dict[str, Any]:
     return check_record(json.loads(Path(path).read_text()))
 
 
-def ship(runs: list[str | Path], train: str | Path, held_out: str | Path, out: str | Path = SHIPPED) -> dict:
-    """Copy the runs' SAEs to `out` with their measurements, and write `sae_record.json` and `SAE_CARD.md`."""
+def sweep_row(run: str | Path) -> dict[str, Any]:
+    """One graded run (not shipped) as a row of the dictionary-size sweep: its settings, held-out reconstruction and
+    the median AUROC per concept kind of its best features, beside the raw channels' (the same pixels and steps)."""
+    run = Path(run)
+    sae, grade = SAE.load(run / "sae.safetensors"), json.loads((run / "grade.json").read_text())
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for r in grade["table"]:
+        kinds.setdefault(r["kind"], []).append(r)
+
+    def median(values: list[float]) -> float:
+        v = sorted(values)
+        return round((v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2, 3)
+
+    return {
+        "point": sae.point, "n": sae.n, "k": sae.k, "steps": sae.info["settings"]["steps"],
+        "expansion": sae.info["settings"]["expansion"], "fvu": round(grade["held_out"]["fvu"], 4),
+        "share_at_0.95": grade["share_at_0.95"],
+        "median_auroc": {k: median([r["auroc"] for r in rows]) for k, rows in kinds.items()},
+        "median_channel_auroc": {k: median([r["channel_auroc"] for r in rows]) for k, rows in kinds.items()},
+    }
+
+
+def ship(
+    runs: list[str | Path],
+    train: str | Path,
+    held_out: str | Path,
+    out: str | Path = SHIPPED,
+    sweep: list[str | Path] = (),
+) -> dict:
+    """Copy the runs' SAEs to `out` with their measurements, and write `sae_record.json` and `SAE_CARD.md`.
+    `sweep`: more graded runs (other dictionary sizes, not shipped) whose rows the card compares."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     collections = {}
@@ -82,6 +111,9 @@ def ship(runs: list[str | Path], train: str | Path, held_out: str | Path, out: s
         sae.info = {k: v for k, v in entry.items() if k in ("settings", "train_seconds", "torch_threads", "train")}
         sae.save(out / entry["file"])
         record["saes"][sae.point] = entry
+    if sweep:
+        rows = [sweep_row(r) for r in [*runs, *sweep]]
+        record["sweep"] = sorted(rows, key=lambda r: (r["point"], r["n"], r["steps"]))
     check_record(record)
     (out / "sae_record.json").write_text(json.dumps(record, indent=1) + "\n")
     (out / "SAE_CARD.md").write_text(render_card(record))
@@ -110,7 +142,9 @@ def render_card(record: dict[str, Any]) -> str:
         f"({tr['bytes'] / 1e6:.0f} MB, {tr['seconds'] / 60:.1f} min on {tr['torch_threads']} torch thread(s))",
         f"- held out: the evaluation's first {ho['pairs']} pairs (`world.held_out_prompts`: captions and seeds never "
         f"trained on), the same settings ({ho['seconds'] / 60:.1f} min)",
-        "- a concept's pixels: the judge's blob of each object in the pictures the judge calls correct",
+        "- a concept's pixels: the judge's blob of each object in the pictures the judge calls correct; its "
+        "negatives: the pixels of the other objects (an object without the concept), never the background, so a "
+        "feature must tell a red object from a blue one, not an object from the empty canvas",
         "",
     ]
     for point, e in record["saes"].items():
@@ -157,22 +191,49 @@ def render_card(record: dict[str, Any]) -> str:
                 "Causal check (target: the concept's rate on prompts naming it; control: the largest move of any "
                 "rate on prompts that do not; passes: drop >= 50 points and every control move <= 5):",
                 "",
-                "| concept | edit | target before | after | control move (points) | passes |",
-                "|---|---|---|---|---|---|",
+                "| concept | edit | prompts (target, control) | target before | after | control move (points) "
+                "| passes |",
+                "|---|---|---|---|---|---|---|",
             ]
             for r in ab.values():
                 worst = max(r["control_moved_points"].values(), key=abs)
+                group = not isinstance(r["feature"], int)  # a list: the concept's best features together
+                edit = f"{r['edit'].split()[0]} its {len(r['feature'])} best" if group else r["edit"]
                 lines.append(
-                    f"| {r['concept']} | {r['edit']} | {_pct(r['target_before'])} | {_pct(r['target_after'])} | "
+                    f"| {r['concept']} | {edit} | {r['prompts']['target']}, {r['prompts']['control']} |"
+                    f" {_pct(r['target_before'])} | {_pct(r['target_after'])} | "
                     f"{worst:+.1f} | {'yes' if r['passes'] else 'no'} |"
                 )
             lines.append("")
         if steer:
             lines += ["Steering a red circle blue (the red feature's place taken by the blue one, gain g):", ""]
             for r in steer.values():
+                m = 1 if isinstance(r["red_feature"], int) else len(r["red_feature"])
+                group = f", the {m} best red features swapped pairwise for the {m} best blue ones" if m > 1 else ""
                 lines.append(
-                    f"- gain {r['amount']:g}: blue circle and no red object in {_pct(r['blue_circle_rate'])} of "
+                    f"- gain {r['amount']:g}{group}: blue circle and no red object in {_pct(r['blue_circle_rate'])} of "
                     f"{r['n']} pictures (red gone in {_pct(r['red_gone_rate'])})"
                 )
             lines.append("")
+    if record.get("sweep"):
+        kinds = list(record["sweep"][0]["median_auroc"])
+        lines += [
+            "## Dictionary size",
+            "",
+            "The same collection, other TopK SAEs (only the shipped ones above are committed): the median over each "
+            "kind's concepts of the best feature's held-out AUROC, and in the last row of each point the raw "
+            "channels' (the baseline a feature should beat).",
+            "",
+            "| point | features (k) | Adam steps | FVU | " + " | ".join(kinds) + " |",
+            "|---|---|---|---|" + "---|" * len(kinds),
+        ]
+        for point in dict.fromkeys(r["point"] for r in record["sweep"]):
+            rows = [r for r in record["sweep"] if r["point"] == point]
+            short = point.removeprefix("unet.").removesuffix(".hook_block_out")
+            for r in rows:
+                cells = " | ".join(f"{r['median_auroc'][k]:.2f}" for k in kinds)
+                lines.append(f"| {short} | {r['n']} ({r['k']}) | {r['steps']} | {r['fvu']:.3f} | {cells} |")
+            cells = " | ".join(f"{rows[0]['median_channel_auroc'][k]:.2f}" for k in kinds)
+            lines.append(f"| {short} | the {rows[0]['n'] // rows[0]['expansion']} channels | - | - | {cells} |")
+        lines.append("")
     return "\n".join(lines)

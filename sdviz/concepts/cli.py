@@ -106,21 +106,23 @@ def _causal(a: argparse.Namespace) -> int:
         report["splice"] = splice_effect(pipe, sae, pairs, settings, base)
         save()
         print("splice", report["splice"])
-    for gain in a.steer or []:
-        key = f"swap {gain:g}"
+    for gain, m in [(g, m) for g in a.steer or [] for m in (1, *([a.group] if a.group > 1 else []))]:
+        key = f"swap {gain:g}" + (f" group {m}" if m > 1 else "")
         if key not in report.get("steering", {}):
-            red, blue = rows["red"]["feature"], rows["blue"]["feature"]
+            red, blue = (rows[c]["feature"] if m == 1 else rows[c]["group"][:m] for c in ("red", "blue"))
             report.setdefault("steering", {})[key] = steering_rate(pipe, sae, red, blue, settings, "swap", gain, a.n)
             save()
             print(key, report["steering"][key])
     cache: dict = {}
     control = world_pairs(a.control, "train", seed=7)  # one pool of control prompts, filtered per concept
     for concept in a.concepts.split(",") if a.concepts else []:
-        for clamp in [None, *([-a.clamp * rows[concept]["activation"]] if a.clamp else [])]:
-            key = f"{concept} {'ablate' if clamp is None else 'clamp'}"
+        edits = [(None, 1), *([(-a.clamp * rows[concept]["activation"], 1)] if a.clamp else [])]
+        edits += [(None, a.group)] if a.group > 1 else []
+        for clamp, m in edits:
+            key = f"{concept} {'ablate' if clamp is None else 'clamp'}" + (f" {m}" if m > 1 else "")
             if key in report.get("ablation", {}):
                 continue
-            feature = rows[concept]["feature"]
+            feature = rows[concept]["feature"] if m == 1 else rows[concept]["group"][:m]
             result = ablation_effect(pipe, sae, concept, feature, settings, a.n, clamp, control, cache)
             report.setdefault("ablation", {})[key] = result
             save()
@@ -131,7 +133,7 @@ def _causal(a: argparse.Namespace) -> int:
 def _ship(a: argparse.Namespace) -> int:
     from sdviz.concepts.card import SHIPPED, ship
 
-    record = ship(a.runs, a.train, a.held_out, a.out or SHIPPED)
+    record = ship(a.runs, a.train, a.held_out, a.out or SHIPPED, a.sweep or [])
     print(f"shipped {', '.join(record['saes'])} to {a.out or SHIPPED}")
     return 0
 
@@ -178,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     k.add_argument("--splice", type=int, default=0, help="splice the reconstruction into the first N pairs")
     k.add_argument("--concepts", default="", help="comma-separated concepts to ablate, e.g. red,blue,circle")
     k.add_argument("--clamp", type=float, default=0.0, help="also clamp at -CLAMP x the feature's activation")
+    k.add_argument("--group", type=int, default=0, help="also ablate (and steer) a concept's GROUP best features")
     k.add_argument("--steer", type=float, action="append", help="swap red for blue with this gain (repeatable)")
     k.add_argument("--n", type=int, default=8, help="prompts per concept (and per steering run)")
     k.add_argument("--control", type=int, default=16, help="control prompts (those naming the concept left out)")
@@ -188,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--train", required=True)
     s.add_argument("--held-out", required=True)
     s.add_argument("--out", default=None)
+    s.add_argument("--sweep", nargs="*", help="more graded runs the card compares (not shipped)")
     s.set_defaults(func=_ship)
     a = p.parse_args(argv)
     if getattr(a, "threads", None):

@@ -6,12 +6,14 @@ objects the picture holds. A concept's *pixels* are its objects' pixels (the jud
 
 1. keeps the pictures the judge calls correct (then every concept the prompt names is what was drawn, and the blob
    of each named object says where), and labels each pixel of a hook point's feature map, per concept: positive
-   where an object with that concept covers at least half of the pixel's 8x8 (or 4x4) patch of the picture,
-   negative where no such object covers any of it, ignored in between;
+   where an object with that concept covers at least half of the pixel's patch of the picture, negative where an
+   object *without* it covers at least half (and none with it touches), ignored elsewhere, the background included:
+   a detector must tell a red object from a blue one, not an object from the empty canvas;
 2. scores every SAE feature as a detector of every concept over those pixels: the AUROC of its activation (the
    chance that a positive pixel's activation beats a negative one's, ties counting half);
 3. picks each concept's best feature on one collection (the SAE's own training pictures) and measures it on
-   another (held-out prompts and seeds), pooled over the late steps and step by step, which says when it switches on.
+   another (held-out prompts and seeds), pooled over the late steps and step by step, which says when it switches on;
+   it also keeps the concept's GROUP best features there (a concept split over many features is ablated as a group).
 
 Concepts (22): six colours, three shapes, two sizes, five positions (of a single object), four relations ("above"
 is the upper object of "X above Y" or "Y below X"), and the count ("one object", "two objects", at all its objects).
@@ -41,6 +43,7 @@ CONCEPTS: dict[str, tuple[str, ...]] = {
     "count": COUNTS,
 }
 ALL_CONCEPTS: tuple[str, ...] = tuple(c for names in CONCEPTS.values() for c in names)
+GROUP = 16  # a concept's feature group: its best features on the selection pictures (the causal check ablates them)
 _INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
 
@@ -63,16 +66,29 @@ def picture_objects(image: np.ndarray, prompt: str) -> list[tuple[np.ndarray, se
 
 
 def cell_labels(objects: list[tuple[np.ndarray, set[str]]], hw: tuple[int, int]) -> np.ndarray:
-    """(len(ALL_CONCEPTS), h*w) int8 labels of a feature map's pixels: 1 positive, 0 negative, -1 ignored."""
+    """(len(ALL_CONCEPTS), h*w) int8 labels of a feature map's pixels: 1 positive, 0 negative, -1 ignored.
+
+    Positive: an object with the concept covers at least half of the pixel's patch. Negative: an object *without*
+    the concept covers at least half of it and no object with the concept touches it. Everything else, the
+    background included, is ignored: a feature must tell this object from other objects, not objects from the
+    empty canvas (a foreground detector would otherwise "detect" every concept at once)."""
     h, w = hw
-    labels = np.zeros((len(ALL_CONCEPTS), h * w), dtype=np.int8)
-    for mask, concepts in objects:
+    labels = np.full((len(ALL_CONCEPTS), h * w), -1, dtype=np.int8)
+    covers = []
+    for mask, _ in objects:
         H, W = mask.shape
-        cover = mask.reshape(h, H // h, w, W // w).mean(axis=(1, 3)).reshape(-1)  # (H, W) -> (h*w,) share covered
-        for c in concepts:
-            row = labels[ALL_CONCEPTS.index(c)]
-            row[(cover > 0) & (row == 0)] = -1  # touched: ignored unless covered enough (here or by another object)
-            row[cover >= 0.5] = 1
+        covers.append(mask.reshape(h, H // h, w, W // w).mean(axis=(1, 3)).reshape(-1))  # (H, W) -> (h*w,) share
+    for i, c in enumerate(ALL_CONCEPTS):
+        touched = np.zeros(h * w, dtype=bool)
+        for (_, concepts), cover in zip(objects, covers, strict=True):
+            if c in concepts:
+                touched |= cover > 0
+        for (_, concepts), cover in zip(objects, covers, strict=True):
+            if c not in concepts:
+                labels[i, (cover >= 0.5) & ~touched] = 0
+        for (_, concepts), cover in zip(objects, covers, strict=True):
+            if c in concepts:
+                labels[i, cover >= 0.5] = 1
     return labels
 
 
@@ -148,13 +164,13 @@ class Graded:
         """One feature's activation on every row (M,)."""
         return np.where(self.idx == feature, self.val, 0.0).sum(axis=1)
 
-    def best_features(self) -> dict[str, tuple[int, float]]:
-        """Each concept's best feature and its AUROC here."""
+    def best_features(self, top: int = 1) -> dict[str, list[tuple[int, float]]]:
+        """Each concept's `top` best features and their AUROCs here, best first (empty without labels)."""
         out = {}
         for c, labels in zip(ALL_CONCEPTS, self.labels, strict=True):
             scores = auroc_all(self.idx, self.val, labels, self.sae.n)
-            f = int(np.nanargmax(scores)) if np.isfinite(scores).any() else -1
-            out[c] = (f, float(scores[f]) if f >= 0 else float("nan"))
+            order = [int(f) for f in np.argsort(-np.nan_to_num(scores, nan=-1.0))[:top] if np.isfinite(scores[f])]
+            out[c] = [(f, float(scores[f])) for f in order]
         return out
 
     def typical(self, concept: str, feature: int) -> float:
@@ -194,13 +210,13 @@ def grade(
     kept = test_on.record["kept_steps"]
     late = kept[-late_steps:]
     select = Graded(select_on, sae, late)
-    chosen = select.best_features()
+    chosen = select.best_features(top=GROUP)
     test = Graded(test_on, sae)
     channels = channel_baseline(select, test, late)
     table = []
     for kind, names in CONCEPTS.items():
         for c in names:
-            f, select_auc = chosen[c]
+            f, select_auc = chosen[c][0] if chosen[c] else (-1, float("nan"))
             per_step = [test.auroc(c, f, [s]) for s in kept] if f >= 0 else [float("nan")] * len(kept)
             on = next((s for j, s in enumerate(kept) if all(a >= on_at for a in per_step[j:])), None)
             table.append(  # auroc: on `test_on` over the late steps; activation: its mean where it fires on c
@@ -213,6 +229,7 @@ def grade(
                     "per_step": [round(a, 3) for a in per_step],
                     "switches_on": on,
                     "activation": round(test.typical(c, f), 4) if f >= 0 else 0.0,
+                    "group": [g for g, _ in chosen[c]],  # the concept's GROUP best features on `select_on`
                     "channel": channels[c]["channel"],
                     "channel_auroc": channels[c]["auroc"],
                 }

@@ -111,15 +111,17 @@ def ablation_effect(
     pipe: Any,
     sae: SAE,
     concept: str,
-    feature: int,
+    feature: int | Sequence[int],
     settings: CollectSettings,
     n: int = 8,
     clamp: float | None = None,
     control: Sequence[tuple[str, int]] | None = None,
     cache: dict | None = None,
 ) -> dict[str, Any]:
-    """The concept's rate and the control prompts' rates, with and without the feature ablated (or clamped to
-    `clamp`, a negative value). `cache` keeps the unedited verdicts between concepts (keyed by pair)."""
+    """The concept's rate and the control prompts' rates, with and without the feature (or a group of features:
+    a list) ablated, or clamped to `clamp` (a negative value). `cache` keeps the unedited verdicts between concepts
+    (keyed by pair)."""
+    features = [feature] if isinstance(feature, int) else list(feature)
     cache = {} if cache is None else cache
     targets = concept_prompts(concept, n)
     control = [
@@ -130,17 +132,18 @@ def ablation_effect(
     missing = [p for p in [*targets, *control] if p not in cache]
     for p, v in zip(missing, generate(pipe, missing, settings), strict=True):
         cache[p] = v
-    edit = {"sae": sae, "clamp": {feature: clamp}} if clamp is not None else {"sae": sae, "ablate": [feature]}
+    edit = {"sae": sae, **({"clamp": dict.fromkeys(features, clamp)} if clamp is not None else {"ablate": features})}
     edited = generate(pipe, [*targets, *control], settings, **edit)
     before_t = [x for p in targets for x in target_ok(cache[p], concept)]
     after_t = [x for v in edited[: len(targets)] for x in target_ok(v, concept)]
     before_c, after_c = rates(cache[p] for p in control), rates(edited[len(targets) :])
     moved = {k: round(100 * (after_c[k] - before_c[k]), 1) for k in before_c}
     drop = round(100 * (np.mean(before_t) - np.mean(after_t)), 1)
+    group = f" {len(features)} best" if len(features) > 1 else ""  # "ablate 16 best": the concept's 16 best features
     return {
         "concept": concept,
-        "feature": feature,
-        "edit": "ablate" if clamp is None else f"clamp {clamp:g}",
+        "feature": features[0] if len(features) == 1 else features,
+        "edit": ("ablate" if clamp is None else f"clamp {clamp:g}") + group,
         "target_before": round(float(np.mean(before_t)), 4),
         "target_after": round(float(np.mean(after_t)), 4),
         "target_drop_points": drop,
@@ -158,18 +161,23 @@ RED_CIRCLES = [f"a {z} red circle {world.POSITION_PHRASES[p]}" for z in world.SI
 def steering_rate(
     pipe: Any,
     sae: SAE,
-    red: int,
-    blue: int,
+    red: int | Sequence[int],
+    blue: int | Sequence[int],
     settings: CollectSettings,
     how: str = "swap",
     amount: float = 1.0,
     n: int = 10,
 ) -> dict[str, Any]:
     """How often "a ... red circle ..." becomes a blue circle (no red object) as the judge reads it, with the red
-    feature swapped for the blue one (`how="swap"`, gain `amount`) or the blue one added everywhere (`"add"`)."""
+    feature swapped for the blue one (`how="swap"`, gain `amount`) or the blue one added everywhere (`"add"`).
+    Groups (lists, best first) swap pairwise: red's best for blue's best, the second for the second, and so on."""
     rng = np.random.default_rng(26)
     pairs = [(RED_CIRCLES[i % len(RED_CIRCLES)], int(rng.integers(2**31 - 1))) for i in range(n)]
-    edit = {"swap": {red: blue}, "gain": amount} if how == "swap" else {"add": {blue: amount}}
+    reds, blues = ([f] if isinstance(f, int) else list(f) for f in (red, blue))
+    if how == "swap":
+        edit = {"swap": dict(zip(reds, blues, strict=True)), "gain": amount}
+    else:
+        edit = {"add": dict.fromkeys(blues, amount)}
     images = pictures(pipe, pairs, settings, sae=sae, **edit)
     verdicts = [judging.judge(im, p.replace("red", "blue")) for im, (p, _) in zip(images, pairs, strict=True)]
     blue_circle = [v.objects[0].colour_ok and v.objects[0].shape_ok and "red" not in v.counts for v in verdicts]

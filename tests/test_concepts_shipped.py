@@ -74,7 +74,8 @@ def test_an_sae_on_another_hook_point_or_model_is_one_line_naming_both(embedded_
     with pytest.raises(IndexError, match=f"features 0..{sae.n - 1}"):
         with intervene(embedded_pipe, sae, ablate=[sae.n]):
             pass
-    with pytest.raises(ValueError, match="no shipped SAE for 'unet.nowhere'; shipped: unet.up_blocks"):
+    shipped = ", ".join(shipped_points()).replace(".", r"\.")  # every shipped point, in order
+    with pytest.raises(ValueError, match=f"^point: no shipped SAE for 'unet.nowhere'; shipped: {shipped}$"):
         load_sae("unet.nowhere")
 
 

@@ -70,7 +70,7 @@ def sweep_row(run: str | Path) -> dict[str, Any]:
 
     return {
         "point": sae.point, "n": sae.n, "k": sae.k, "steps": sae.info["settings"]["steps"],
-        "expansion": sae.info["settings"]["expansion"], "fvu": round(grade["held_out"]["fvu"], 4),
+        "expansion": sae.info["settings"]["expansion"], "fvu": round(grade["held_out"]["fvu"], 6),
         "share_at_0.95": grade["share_at_0.95"],
         "median_auroc": {k: median([r["auroc"] for r in rows]) for k, rows in kinds.items()},
         "median_channel_auroc": {k: median([r["channel_auroc"] for r in rows]) for k, rows in kinds.items()},
@@ -224,7 +224,7 @@ def render_card(record: dict[str, Any]) -> str:
             "kind's concepts of the best feature's held-out AUROC, and in the last row of each point the raw "
             "channels' (the baseline a feature should beat).",
             "",
-            "| point | features (k) | Adam steps | FVU | " + " | ".join(kinds) + " |",
+            "| point | features (k) | Adam steps | held-out FVU | " + " | ".join(kinds) + " |",
             "|---|---|---|---|" + "---|" * len(kinds),
         ]
         for point in dict.fromkeys(r["point"] for r in record["sweep"]):

@@ -41,6 +41,9 @@ def test_the_record_is_complete_and_consistent():
         assert entry["grade"]["without_feature_0.95"] == [c for c in ALL_CONCEPTS if c not in good]
         assert all(0 <= r["feature"] < entry["n"] and 0 <= r["auroc"] <= 1 for r in table)
         assert all(len(r["per_step"]) == len(record["collection"]["held_out"]["kept_steps"]) for r in table)
+        by_step = entry["grade"]["held_out_fvu_by_step"]  # each step's FVU, against that step's own variance
+        assert len(by_step) == len(record["collection"]["held_out"]["kept_steps"]) and 0 < min(by_step)
+        assert entry["held_out"]["fvu"] <= max(by_step) < 1  # pooled: the steps' errors over a variance >= theirs
         for r in entry["causal"].get("ablation", {}).values():
             moved = max(abs(v) for v in r["control_moved_points"].values())
             assert r["passes"] == (r["target_drop_points"] >= 50 and moved <= 5)

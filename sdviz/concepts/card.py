@@ -13,6 +13,7 @@ is the card; a test checks that the committed card is what the committed record 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,7 @@ def sweep_row(run: str | Path) -> dict[str, Any]:
         kinds.setdefault(r["kind"], []).append(r)
 
     def median(values: list[float]) -> float:
-        v = sorted(values)
-        return round((v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2, 3)
+        return round(statistics.median(values), 3)
 
     return {
         "point": sae.point, "n": sae.n, "k": sae.k, "steps": sae.info["settings"]["steps"],
@@ -163,6 +163,10 @@ def render_card(record: dict[str, Any]) -> str:
             f"| held-out rows | {h['fvu']:.3f} | {h['l0']:.1f} | {h['dead']} ({_pct(h['dead_fraction'])}) |",
             "",
         ]
+        by_step = g.get("held_out_fvu_by_step")
+        if by_step:
+            values = ", ".join(f"{v:.2f}" for v in by_step)
+            lines += [f"Held-out FVU step by step ({len(by_step)} steps, each against its own variance): {values}", ""]
         if e["splice"]:
             w, wo = e["splice"]["with"], e["splice"]["without"]
             lines += [
@@ -197,10 +201,8 @@ def render_card(record: dict[str, Any]) -> str:
             ]
             for r in ab.values():
                 worst = max(r["control_moved_points"].values(), key=abs)
-                group = not isinstance(r["feature"], int)  # a list: the concept's best features together
-                edit = f"{r['edit'].split()[0]} its {len(r['feature'])} best" if group else r["edit"]
                 lines.append(
-                    f"| {r['concept']} | {edit} | {r['prompts']['target']}, {r['prompts']['control']} |"
+                    f"| {r['concept']} | {r['edit']} | {r['prompts']['target']}, {r['prompts']['control']} |"
                     f" {_pct(r['target_before'])} | {_pct(r['target_after'])} | "
                     f"{worst:+.1f} | {'yes' if r['passes'] else 'no'} |"
                 )

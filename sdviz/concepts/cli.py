@@ -73,7 +73,11 @@ def _grade(a: argparse.Namespace) -> int:
     sae = SAE.load(Path(a.run) / "sae.safetensors")
     test = Activations(a.test)
     report = grade(sae, Activations(a.select), test)
-    report["held_out"] = measure(sae, test.load(sae.point)["x"].float())  # reconstruction on held-out pictures
+    rows = test.load(sae.point)
+    report["held_out"] = measure(sae, rows["x"].float())  # reconstruction on held-out pictures
+    report["held_out_fvu_by_step"] = [  # the same, step by step (the variance is each step's own)
+        round(measure(sae, rows["x"][rows["step"] == s].float())["fvu"], 4) for s in test.record["kept_steps"]
+    ]
     (Path(a.run) / "grade.json").write_text(json.dumps(report, indent=1) + "\n")
     for row in report["table"]:
         print(f"{row['concept']:>12} feature {row['feature']:>5}  AUROC {row['auroc']:.3f}  on at {row['switches_on']}")
@@ -106,24 +110,30 @@ def _causal(a: argparse.Namespace) -> int:
         report["splice"] = splice_effect(pipe, sae, pairs, settings, base)
         save()
         print("splice", report["splice"])
-    for gain, m in [(g, m) for g in a.steer or [] for m in (1, *([a.group] if a.group > 1 else []))]:
-        key = f"swap {gain:g}" + (f" group {m}" if m > 1 else "")
-        if key not in report.get("steering", {}):
-            red, blue = (rows[c]["feature"] if m == 1 else rows[c]["group"][:m] for c in ("red", "blue"))
-            report.setdefault("steering", {})[key] = steering_rate(pipe, sae, red, blue, settings, "swap", gain, a.n)
-            save()
-            print(key, report["steering"][key])
+    sizes = [1, *([a.group] if a.group > 1 else [])]  # one feature, and the concept's best `--group` together
+
+    def features(concept: str, m: int) -> int | list[int]:
+        return rows[concept]["feature"] if m == 1 else rows[concept]["group"][:m]
+
+    for gain in a.steer or []:
+        for m in sizes:
+            key = f"swap {gain:g}" + (f" group {m}" if m > 1 else "")
+            if key not in report.get("steering", {}):
+                red, blue = features("red", m), features("blue", m)
+                result = steering_rate(pipe, sae, red, blue, settings, "swap", gain, a.n)
+                report.setdefault("steering", {})[key] = result
+                save()
+                print(key, report["steering"][key])
     cache: dict = {}
     control = world_pairs(a.control, "train", seed=7)  # one pool of control prompts, filtered per concept
     for concept in a.concepts.split(",") if a.concepts else []:
-        edits = [(None, 1), *([(-a.clamp * rows[concept]["activation"], 1)] if a.clamp else [])]
-        edits += [(None, a.group)] if a.group > 1 else []
-        for clamp, m in edits:
-            key = f"{concept} {'ablate' if clamp is None else 'clamp'}" + (f" {m}" if m > 1 else "")
+        clamp = -a.clamp * rows[concept]["activation"]
+        edits = [(None, 1), *([(clamp, 1)] if a.clamp else []), *[(None, m) for m in sizes[1:]]]  # (clamp, size)
+        for value, m in edits:
+            key = f"{concept} {'ablate' if value is None else 'clamp'}" + (f" {m}" if m > 1 else "")
             if key in report.get("ablation", {}):
                 continue
-            feature = rows[concept]["feature"] if m == 1 else rows[concept]["group"][:m]
-            result = ablation_effect(pipe, sae, concept, feature, settings, a.n, clamp, control, cache)
+            result = ablation_effect(pipe, sae, concept, features(concept, m), settings, a.n, value, control, cache)
             report.setdefault("ablation", {})[key] = result
             save()
             print(key, {k: result[k] for k in ("target_before", "target_after", "control_moved_points", "passes")})

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
 from sdviz.viz.display import Figure
 
 KIND_COLOURS = {
@@ -52,9 +55,6 @@ def concepts_chart(record: dict[str, Any] | None = None) -> Figure:
         ax.set_title(f"{short}\n{100 * share:.0f}% of concepts >= 0.95", fontsize=9)
         ax.set_xlabel("AUROC of the best feature", fontsize=8)
         ax.tick_params(axis="x", labelsize=8)
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     handles = [Patch(color="#999999", label="best SAE feature (bar; its colour: the concept's kind)"),
                Line2D([], [], color="black", marker="|", linestyle="", markersize=10, label="best raw channel")]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
